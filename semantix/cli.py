@@ -1,0 +1,97 @@
+"""Console entry points.
+
+- `semantix-bench [overrides]`: a Hydra app over `conf/` (default experiment `demo`). Each job
+  writes one run directory per method and refreshes the leaderboard. Exit status: 0 when every
+  sample succeeded; otherwise the number of failed samples (capped at 100); 101 when a whole job
+  could not run (the error is printed; in a multirun the other jobs still run).
+- `semantix-leaderboard [--runs DIR] [--out CSV] [--markdown MD]`: aggregate run directories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+log = logging.getLogger("semantix")
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+JOB_FAILED_EXIT = 101
+MAX_FAILED_EXIT = 100
+
+# Outcomes of the jobs this process ran (Hydra's basic launcher runs a multirun in-process).
+_job_outcomes: list[int] = []
+
+
+def _leaderboard_paths(results_dir: Path) -> tuple[Path, Path, Path]:
+    return results_dir / "runs", results_dir / "leaderboard.csv", results_dir / "leaderboard.md"
+
+
+def _run_job(cfg: DictConfig) -> None:
+    from semantix.leaderboard import write_leaderboard
+    from semantix.runner import Runner, RunLabels
+
+    choices = HydraConfig.get().runtime.choices
+    labels = RunLabels(
+        experiment=choices.get("experiment") or "none",
+        dataset=choices["dataset"],
+        backbone=choices["backbone"],
+        metrics=choices["metrics"],
+    )
+    logger = instantiate(cfg.logger)
+    try:
+        result = Runner(cfg, labels, logger=logger).run()
+    except Exception as e:  # noqa: BLE001 - report the job's failure clearly, let other jobs run
+        log.debug("job failed", exc_info=True)
+        log.error("job failed: %s: %s", type(e).__name__, e)
+        _job_outcomes.append(JOB_FAILED_EXIT)
+        return
+    for run in result.runs:
+        log.info(
+            "%s: %d ok, %d failed, %d skipped (already done), %d re-scored -> %s",
+            run.label, run.ok, run.failed, run.skipped, run.rescored, run.run_dir,
+        )
+        for error in run.errors[:10]:
+            log.info("  failed: %s", error)
+    if cfg.runner.leaderboard:
+        runs_root, csv_path, md_path = _leaderboard_paths(Path(cfg.paths.results_dir))
+        write_leaderboard(runs_root, csv_path, md_path)
+        log.info("leaderboard: %s (and %s)", csv_path, md_path.name)
+    _job_outcomes.append(min(result.n_failed, MAX_FAILED_EXIT))
+
+
+def bench() -> None:
+    if not (CONF_DIR / "config.yaml").is_file():
+        sys.exit(
+            f"semantix-bench: configs not found at {CONF_DIR}; install the package in editable mode "
+            "from a checkout (pip install -e .), which keeps conf/ beside semantix/."
+        )
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_run_job)()
+    failed_jobs = _job_outcomes.count(JOB_FAILED_EXIT)
+    failed_samples = sum(o for o in _job_outcomes if o != JOB_FAILED_EXIT)
+    if failed_jobs:
+        print(f"semantix-bench: {failed_jobs} job(s) failed; {failed_samples} failed sample(s) in the others",
+              file=sys.stderr)
+        sys.exit(JOB_FAILED_EXIT)
+    sys.exit(min(failed_samples, MAX_FAILED_EXIT))
+
+
+def leaderboard(argv: list[str] | None = None) -> None:
+    from semantix.leaderboard import write_leaderboard
+
+    default_runs, default_csv, default_md = _leaderboard_paths(Path("results"))
+    parser = argparse.ArgumentParser(prog="semantix-leaderboard", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=Path, default=default_runs, help="folder of run directories")
+    parser.add_argument("--out", type=Path, default=default_csv, help="CSV to write")
+    parser.add_argument("--markdown", type=Path, default=default_md, help="Markdown table to write")
+    args = parser.parse_args(argv)
+    if not args.runs.is_dir():
+        sys.exit(f"semantix-leaderboard: no runs folder at {args.runs} (run semantix-bench first)")
+    table = write_leaderboard(args.runs, args.out, args.markdown)
+    print(f"{len(table)} row(s) -> {args.out} and {args.markdown}")

@@ -1,0 +1,171 @@
+"""Aggregate run directories into leaderboard tables (CSV and Markdown).
+
+One row per (experiment, dataset, method, backbone, config hash). Per metric: the mean over the
+samples that finished, and the half-width of a two-sided 95% Student-t confidence interval of that
+mean, t_{0.975, n-1} * s / sqrt(n) with s the sample standard deviation (ddof=1); undefined (empty)
+for n < 2. Counts: `n` samples in the dataset, `n_ok`, `n_failed`, `n_missing` (not yet run: the run
+is incomplete). Every value is computed from the records on disk; nothing is cached or typed in.
+
+The `backbone` and `weights` columns say where numbers come from: rows of the `tiny` backbone are
+random-weight runs that test the code, never quality results, and the Markdown table says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from semantix.store import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+CONFIDENCE = 0.95
+KEY_COLUMNS = ["experiment", "dataset", "method", "backbone", "config_hash"]
+
+
+def mean_ci(values: list[float] | np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Mean and the half-width of its Student-t confidence interval (nan half-width for n < 2)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return math.nan, math.nan
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, math.nan
+    half = stats.t.ppf(0.5 + confidence / 2, df=x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return mean, float(half)
+
+
+def weights_label(prov: dict) -> str:
+    """Where the numbers of a run come from, in words."""
+    weights = prov.get("backbone_weights")
+    if weights is None:
+        return "none (method uses no backbone)"
+    if weights.get("random_weights", False) or str(weights.get("weights", "")).startswith("random"):
+        return "RANDOM weights: not a quality result"
+    ref = weights.get("pretrained") or weights.get("id") or "pretrained"
+    revision = weights.get("revision")
+    return f"{ref}@{revision}" if revision else str(ref)
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    provenance: dict
+    metric_info: dict
+    records: list[dict]
+
+
+def load_run(run_dir: Path) -> RunSummary | None:
+    try:
+        prov = json.loads((run_dir / "provenance.json").read_text())
+    except (OSError, ValueError) as e:
+        log.warning("skipping %s: unreadable provenance.json (%s)", run_dir, e)
+        return None
+    metric_info_path = run_dir / "metrics.json"
+    metric_info = json.loads(metric_info_path.read_text()) if metric_info_path.is_file() else {}
+    records = []
+    for path in sorted((run_dir / "records").glob("*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as e:
+            log.warning("skipping unreadable record %s (%s)", path, e)
+    return RunSummary(run_dir, prov, metric_info, records)
+
+
+def find_runs(runs_root: Path) -> list[RunSummary]:
+    runs = (load_run(p.parent) for p in sorted(Path(runs_root).rglob("provenance.json")))
+    return [r for r in runs if r is not None]
+
+
+def summarise(run: RunSummary) -> dict:
+    prov = run.provenance
+    git = prov.get("git") or {}
+    commit = git.get("commit") or "unknown"
+    if git.get("dirty"):
+        commit += "+dirty"
+    ok = [r for r in run.records if r.get("status") == "ok"]
+    n_expected = (prov.get("data") or {}).get("n_samples", len(run.records))
+    row = {
+        "experiment": prov.get("experiment"),
+        "dataset": prov.get("dataset"),
+        "method": prov.get("method"),
+        "backbone": prov.get("backbone"),
+        "weights": weights_label(prov),
+        "metrics_preset": prov.get("metrics_preset"),
+        "config_hash": prov.get("config_hash"),
+        "commit": commit,
+        "n": n_expected,
+        "n_ok": len(ok),
+        "n_failed": sum(r.get("status") == "failed" for r in run.records),
+        "n_missing": max(0, n_expected - len(run.records)),
+    }
+    metric_names = sorted({name for r in ok for name in r.get("metrics", {})})
+    for name in metric_names:
+        values = [r["metrics"][name] for r in ok if name in r.get("metrics", {})]
+        row[f"{name}_mean"], row[f"{name}_ci95"] = mean_ci(values)
+    return row
+
+
+def build_table(runs_root: Path) -> tuple[pd.DataFrame, dict]:
+    """The leaderboard DataFrame and the metric descriptions (direction, comparison) it uses."""
+    runs = find_runs(runs_root)
+    rows = [summarise(run) for run in runs]
+    metric_info: dict = {}
+    for run in runs:
+        metric_info.update(run.metric_info)
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table = table.sort_values(KEY_COLUMNS, kind="stable").reset_index(drop=True)
+    return table, metric_info
+
+
+def _format(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.4g}"
+
+
+def to_markdown(table: pd.DataFrame, metric_info: dict) -> str:
+    metric_names = sorted({c[: -len("_mean")] for c in table.columns if c.endswith("_mean")})
+    header = ["experiment", "dataset", "method", "backbone", "weights", "n", "failed"]
+    for name in metric_names:
+        direction = metric_info.get(name, {}).get("higher_is_better")
+        arrow = {True: " ↑", False: " ↓"}.get(direction, "")
+        header.append(f"{name}{arrow}")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in table.iterrows():
+        backbone = row["backbone"]
+        if row["weights"].startswith("RANDOM"):
+            backbone = f"{backbone} (random weights)"
+        cells = [str(row["experiment"]), str(row["dataset"]), str(row["method"]), str(backbone),
+                 str(row["weights"]), str(row["n"]), str(row["n_failed"])]
+        if row["n_missing"]:
+            cells[-2] += f" ({row['n_missing']} not run)"
+        for name in metric_names:
+            mean, half = row.get(f"{name}_mean"), row.get(f"{name}_ci95")
+            cell = _format(mean)
+            if cell and _format(half):
+                cell += f" ± {_format(half)}"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [
+        "",
+        "Values: mean ± half-width of the 95% Student-t confidence interval over samples "
+        "(empty when fewer than 2 samples). ↑ higher is better, ↓ lower is better.",
+        "Rows on the `tiny` backbone (random weights) exercise the code and say nothing about quality.",
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+def write_leaderboard(runs_root: Path, csv_path: Path, markdown_path: Path) -> pd.DataFrame:
+    table, metric_info = build_table(runs_root)
+    atomic_write_bytes(Path(csv_path), table.to_csv(index=False).encode())
+    atomic_write_bytes(Path(markdown_path), to_markdown(table, metric_info).encode())
+    return table

@@ -1,0 +1,1 @@
+"""Metric plugins: torchmetrics objects with declared direction, comparison and input range."""

@@ -1,0 +1,341 @@
+"""The benchmark loop: samples x methods -> outputs -> metrics -> records.
+
+One job (one Hydra run, or one point of a multirun) holds a dataset, one or more methods, one
+backbone and a metric preset. Each method gets its own run directory (see `semantix.store`), named
+from the config that determines its outputs, so the same command run again finds it and resumes:
+
+- a sample whose record is `ok` and carries every configured metric (same metric config) is skipped;
+- an `ok` sample that lacks a metric, or whose metric config changed, is re-scored from its stored
+  image without running the method again;
+- a `failed` sample is retried when `runner.retry_failed` is true (the default), else kept;
+- anything else runs. An exception in one sample becomes a `failed` record; the loop goes on.
+
+Metrics score the stored 8-bit image, so a re-scored sample and a fresh one give identical values.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from semantix import provenance
+from semantix.methods.base import Method
+from semantix.store import RunStore, quantize, stable_hash
+from semantix.types import MethodOutput, Sample
+
+log = logging.getLogger(__name__)
+
+# Keys that choose where or how much of a run executes, not what it computes: not part of its identity
+# (so `dataset.limit=2` followed by the full run resumes into the same directory).
+_NOT_IDENTITY = {"backbone": ("device",), "dataset": ("limit",)}
+
+
+@dataclass(frozen=True)
+class RunLabels:
+    """Human-readable names of the job's choices, used in run paths and leaderboard rows."""
+
+    experiment: str
+    dataset: str
+    backbone: str
+    metrics: str
+
+
+@dataclass
+class MethodRun:
+    """One method's run inside a job, and what happened to its samples in this invocation."""
+
+    label: str
+    method: Method
+    store: RunStore
+    config_hash: str
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    rescored: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.store.run_dir
+
+
+@dataclass
+class JobResult:
+    runs: list[MethodRun]
+
+    @property
+    def n_failed(self) -> int:
+        return sum(r.failed for r in self.runs)
+
+
+def sample_seed(seed: int, sample_id: str) -> int:
+    """A per-sample seed that depends only on the global seed and the sample id (order-free)."""
+    return int(stable_hash(f"{seed}:{sample_id}", length=8), 16) & 0x7FFFFFFF
+
+
+def _seed_everything(seed: int) -> torch.Generator:
+    # Global RNGs are seeded too, so a method or library that draws from them stays reproducible.
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def run_identity(cfg: DictConfig, label: str) -> dict:
+    """Everything that determines a method's outputs; its hash names the run directory."""
+    identity = {"method": _container(cfg.method[label]), "seed": cfg.seed}
+    for group in ("backbone", "dataset"):
+        identity[group] = {k: v for k, v in _container(cfg[group]).items() if k not in _NOT_IDENTITY[group]}
+    return identity
+
+
+def run_directory(cfg: DictConfig, labels: RunLabels, label: str) -> tuple[Path, str]:
+    config_hash = stable_hash(run_identity(cfg, label))
+    root = Path(cfg.paths.results_dir) / "runs"
+    return root / labels.experiment / labels.dataset / labels.backbone / f"{label}-{config_hash}", config_hash
+
+
+def _check_output(output: Any, sample: Sample) -> torch.Tensor:
+    if not isinstance(output, MethodOutput):
+        raise TypeError(f"method returned {type(output).__name__}, expected MethodOutput")
+    image = output.image
+    if not isinstance(image, torch.Tensor) or image.shape != sample.content.shape:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"method returned an image of shape {shape}, expected {tuple(sample.content.shape)}")
+    image = image.detach().float().cpu()
+    if not torch.isfinite(image).all():
+        raise ValueError("method returned an image with NaN or infinite values")
+    if image.min() < -1e-3 or image.max() > 1.0 + 1e-3:
+        raise ValueError(
+            f"method returned values in [{image.min():.3g}, {image.max():.3g}]; outputs must be in [0, 1]"
+        )
+    return quantize(image)
+
+
+def _error_entry(stage: str, error: BaseException) -> dict:
+    return {
+        "stage": stage,
+        "type": type(error).__name__,
+        "message": str(error),
+        "traceback": "".join(traceback.format_exception(error)[-3:]),
+    }
+
+
+class Runner:
+    """Runs one job. Build it from a composed config; call `run()`."""
+
+    def __init__(self, cfg: DictConfig, labels: RunLabels, logger: Any | None = None):
+        self.cfg = cfg
+        self.labels = labels
+        self.logger = logger
+        self.dataset = instantiate(cfg.dataset)
+        self.metrics = {name: instantiate(mcfg) for name, mcfg in cfg.metrics.items()}
+        self.metric_hashes = {name: stable_hash(_container(mcfg)) for name, mcfg in cfg.metrics.items()}
+        self.runs: list[MethodRun] = []
+        for label, mcfg in cfg.method.items():
+            run_dir, config_hash = run_directory(cfg, labels, label)
+            self.runs.append(MethodRun(label, instantiate(mcfg), RunStore(run_dir), config_hash))
+        self.backbone = None
+
+    # -- set-up ------------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        if any(run.method.uses_backbone for run in self.runs):
+            log.info("loading backbone %s", self.labels.backbone)
+            self.backbone = instantiate(self.cfg.backbone)
+        cache_dir = Path(self.cfg.paths.cache_dir)
+        for run in self.runs:
+            run.method.prepare(self.backbone if run.method.uses_backbone else None, cache_dir)
+            self._write_run_files(run)
+
+    def _write_run_files(self, run: MethodRun) -> None:
+        store = run.store
+        store.write_text("config.yaml", OmegaConf.to_yaml(self._run_config(run.label), resolve=True))
+        described = store.read_json("metrics.json")
+        for name, metric in self.metrics.items():
+            described[name] = {
+                **metric.describe(),
+                "config": _container(self.cfg.metrics[name]),
+                "config_hash": self.metric_hashes[name],
+            }
+        store.write_json("metrics.json", described)
+        prov = store.read_json("provenance.json")
+        uses_backbone = run.method.uses_backbone
+        prov.update(
+            {
+                "experiment": self.labels.experiment,
+                "dataset": self.labels.dataset,
+                "backbone": self.labels.backbone,
+                "metrics_preset": self.labels.metrics,
+                "method": run.label,
+                "config_hash": run.config_hash,
+                "git": provenance.git_state(),
+                "versions": provenance.package_versions(),
+                "device": provenance.device_info(),
+                "seeds": {"global": self.cfg.seed, "per_sample": "sha256('{seed}:{sample_id}')[:8] & 0x7fffffff"},
+                "data": self.dataset.provenance(),
+                "backbone_weights": self.backbone.provenance if uses_backbone else None,
+            }
+        )
+        prov.setdefault("invocations", []).append({"start": provenance.now(), "end": None})
+        store.write_json("provenance.json", prov)
+        if self.logger is not None:
+            self.logger.start_run(run.label, store.run_dir, OmegaConf.to_container(self._run_config(run.label)))
+
+    def _run_config(self, label: str) -> DictConfig:
+        """The job config narrowed to this run's method."""
+        cfg = OmegaConf.to_container(self.cfg, resolve=True)
+        cfg["method"] = {label: cfg["method"][label]}
+        return OmegaConf.create(cfg)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self) -> JobResult:
+        self._prepare()
+        sample_ids = self.dataset.sample_ids
+        total = len(sample_ids) * len(self.runs)
+        progress_enabled = self.cfg.runner.progress
+        with logging_redirect_tqdm(), tqdm(total=total, desc=self.labels.experiment, unit="item",
+                                           disable=not progress_enabled) as bar:
+            for sample_id in sample_ids:
+                self._process_sample(sample_id, bar)
+        self._finish()
+        return JobResult(self.runs)
+
+    def _pending_work(self, run: MethodRun, sample_id: str) -> tuple[str, list[str]]:
+        """("run", all metrics) / ("rescore", missing metrics) / ("skip", [])."""
+        record = run.store.read_record(sample_id)
+        if record is None or (record["status"] == "failed" and self.cfg.runner.retry_failed):
+            return "run", list(self.metrics)
+        if record["status"] == "failed":
+            return "skip", []
+        stored = record.get("metric_config", {})
+        missing = [name for name in self.metrics if stored.get(name) != self.metric_hashes[name]]
+        return ("rescore", missing) if missing else ("skip", [])
+
+    def _process_sample(self, sample_id: str, bar: tqdm) -> None:
+        work = {run.label: self._pending_work(run, sample_id) for run in self.runs}
+        for run in self.runs:
+            if work[run.label][0] == "skip":
+                run.skipped += 1
+                bar.update(1)
+        if all(kind == "skip" for kind, _ in work.values()):
+            return
+        seed = sample_seed(self.cfg.seed, sample_id)
+        start = time.perf_counter()
+        try:
+            sample = self.dataset.load_sample(sample_id)
+        except Exception as e:  # noqa: BLE001 - any loading error fails this sample only
+            for run in self.runs:
+                if work[run.label][0] == "run":
+                    self._write_failure(run, sample_id, seed, _error_entry("load", e), {})
+                    bar.update(1)
+            return
+        load_s = time.perf_counter() - start
+        for run in self.runs:
+            kind, metric_names = work[run.label]
+            if kind == "run":
+                self._run_method(run, sample, seed, load_s)
+            elif kind == "rescore":
+                self._rescore(run, sample, metric_names)
+            else:
+                continue
+            bar.update(1)
+            bar.set_postfix(failed=sum(r.failed for r in self.runs))
+
+    def _run_method(self, run: MethodRun, sample: Sample, seed: int, load_s: float) -> None:
+        generator = _seed_everything(seed)
+        timings = {"load_s": round(load_s, 4)}
+        start = time.perf_counter()
+        try:
+            output = run.method(sample, generator)
+            image = _check_output(output, sample)
+        except Exception as e:  # noqa: BLE001 - bad input, a method bug or OOM fails this sample only
+            log.debug("method %s failed on %s", run.label, sample.sample_id, exc_info=True)
+            self._write_failure(run, sample.sample_id, seed, _error_entry("method", e), sample.input_sha256)
+            return
+        timings["method_s"] = round(time.perf_counter() - start, 4)
+        start = time.perf_counter()
+        try:
+            values = self._score(image, sample, list(self.metrics))
+        except Exception as e:  # noqa: BLE001
+            self._write_failure(run, sample.sample_id, seed, _error_entry("metrics", e), sample.input_sha256)
+            return
+        timings["metrics_s"] = round(time.perf_counter() - start, 4)
+        image_path, image_sha = run.store.save_image(sample.sample_id, image)
+        record = {
+            "sample_id": sample.sample_id,
+            "method": run.label,
+            "status": "ok",
+            "error": None,
+            "seed": seed,
+            "inputs": sample.input_sha256,
+            "image": image_path,
+            "image_sha256": image_sha,
+            "metrics": values,
+            "metric_config": {name: self.metric_hashes[name] for name in values},
+            "diagnostics": output.diagnostics,
+            "timings": timings,
+        }
+        run.store.write_record(record)
+        run.ok += 1
+        if self.logger is not None:
+            self.logger.log_sample(run.label, record, image)
+
+    def _rescore(self, run: MethodRun, sample: Sample, metric_names: list[str]) -> None:
+        record = run.store.read_record(sample.sample_id)
+        image = run.store.load_image(record)
+        try:
+            values = self._score(image, sample, metric_names)
+        except Exception as e:  # noqa: BLE001
+            run.errors.append(f"{sample.sample_id}: re-scoring failed: {e}")
+            log.warning("re-scoring %s/%s failed: %s", run.label, sample.sample_id, e)
+            return
+        record["metrics"].update(values)
+        record.setdefault("metric_config", {}).update({n: self.metric_hashes[n] for n in values})
+        run.store.write_record(record)
+        run.rescored += 1
+
+    def _score(self, image: torch.Tensor, sample: Sample, names: list[str]) -> dict[str, float]:
+        return {name: float(self.metrics[name](image, sample)) for name in names}
+
+    def _write_failure(self, run: MethodRun, sample_id: str, seed: int, error: dict, inputs: dict) -> None:
+        record = {
+            "sample_id": sample_id,
+            "method": run.label,
+            "status": "failed",
+            "error": error,
+            "seed": seed,
+            "inputs": inputs,
+            "metrics": {},
+        }
+        run.store.write_record(record)
+        run.failed += 1
+        run.errors.append(f"{sample_id}: {error['stage']}: {error['type']}: {error['message']}")
+        log.warning("%s / %s failed at %s: %s: %s", run.label, sample_id, error["stage"], error["type"],
+                    error["message"])
+
+    def _finish(self) -> None:
+        for run in self.runs:
+            prov = run.store.read_json("provenance.json")
+            prov["invocations"][-1].update(
+                {"end": provenance.now(), "ok": run.ok, "failed": run.failed, "skipped": run.skipped,
+                 "rescored": run.rescored}
+            )
+            run.store.write_json("provenance.json", prov)
+            if self.logger is not None:
+                self.logger.finish_run(run.label, run.store.records())

@@ -1,0 +1,73 @@
+"""Shared fixtures: small datasets made on the fly, config composition, isolated caches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("SEMANTIX_CACHE", str(tmp_path_factory.getbasetemp() / "semantix-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+
+def write_png(path: Path, size=(96, 80), seed=0, mode="RGB") -> Path:
+    rng = np.random.default_rng(seed)
+    h, w = size[1], size[0]
+    # smooth gradients plus noise: structure for SSIM, distinct colours per seed for histograms
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    base = rng.uniform(0, 1, 3)
+    array = np.stack([(base[c] + (c + 1) * 0.3 * xx + 0.2 * yy) % 1.0 for c in range(3)], axis=-1)
+    array = np.clip(array + rng.normal(0, 0.05, array.shape), 0, 1)
+    image = Image.fromarray((array * 255).astype(np.uint8), mode="RGB")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.convert(mode).save(path)
+    return path
+
+
+@pytest.fixture
+def small_dataset(tmp_path) -> Path:
+    """A manifest of 4 good samples (3 contents x 2 styles, one multi-reference row)."""
+    from semantix.data.manifest import write_manifest
+
+    root = tmp_path / "data"
+    for i in range(3):
+        write_png(root / f"content_{i}.png", seed=i)
+    for j in range(2):
+        write_png(root / f"style_{j}.png", size=(72, 72), seed=100 + j)
+    rows = [
+        {"sample_id": "content_0__style_0", "content": "content_0.png", "reference": "style_0.png"},
+        {"sample_id": "content_1__style_1", "content": "content_1.png", "reference": "style_1.png"},
+        {"sample_id": "content_2__style_0", "content": "content_2.png", "reference": "style_0.png"},
+        {"sample_id": "content_0__multi", "content": "content_0.png", "reference": "style_0.png;style_1.png"},
+    ]
+    return write_manifest(rows, root / "manifest.csv")
+
+
+def compose(overrides: list[str]):
+    """Compose the app's config as `semantix-bench` would, outside a Hydra run."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def run_cli(args: list[str], cwd: Path, env_extra: dict | None = None, timeout: int = 600):
+    """Run `semantix-bench` (or another console script) as a user would."""
+    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR), **(env_extra or {})}
+    script = Path(sys.executable).parent / args[0]
+    return subprocess.run([str(script), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)

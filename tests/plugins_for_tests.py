@@ -1,0 +1,43 @@
+"""Method plugins used only by tests (importable in subprocesses through PYTHONPATH)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from semantix.methods.base import Method
+from semantix.types import MethodOutput, Sample
+
+CALLS: list[str] = []
+
+
+class SlowNoisyIdentity(Method):
+    """Content plus seeded noise, slowly: makes resume and determinism observable."""
+
+    def __init__(self, delay_s: float = 0.0, noise: float = 0.05):
+        self.delay_s = delay_s
+        self.noise = noise
+
+    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
+        CALLS.append(sample.sample_id)
+        time.sleep(self.delay_s)
+        noise = torch.randn(sample.content.shape, generator=generator) * self.noise
+        return MethodOutput(image=(sample.content + noise).clamp(0, 1), diagnostics={"calls": 1})
+
+
+class FailsOn(Method):
+    """Raises on the listed samples, returns the content otherwise."""
+
+    def __init__(self, sample_ids: list[str]):
+        self.sample_ids = set(sample_ids)
+
+    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
+        if sample.sample_id in self.sample_ids:
+            raise RuntimeError(f"deliberate failure on {sample.sample_id}")
+        return MethodOutput(image=sample.content)
+
+
+class WrongShape(Method):
+    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
+        return MethodOutput(image=torch.zeros(3, 8, 8))
