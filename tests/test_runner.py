@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+import plugins_for_tests
 import pytest
 from harness import comparable, run_job
 
-import plugins_for_tests
 from semantix.store import RunStore
 
 SLOW = "+method.slow={_target_: plugins_for_tests.SlowNoisyIdentity, delay_s: 0.0}"

@@ -15,8 +15,9 @@ from semantix.types import Sample
 
 
 class ManifestDataset:
-    def __init__(self, manifest: str | Path, resolution: int, root: str | Path | None = None,
-                 limit: int | None = None):
+    def __init__(
+        self, manifest: str | Path, resolution: int, root: str | Path | None = None, limit: int | None = None
+    ):
         self.manifest = Manifest.load(manifest, root)
         self.resolution = resolution
         self.limit = limit

@@ -1,0 +1,134 @@
+"""End to end through the console scripts, as a user runs them (subprocesses, offline, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+from conftest import TESTS_DIR, run_cli, write_png
+from harness import comparable
+
+from semantix.store import RunStore
+
+
+def run_dirs(results):
+    return sorted(p.parent for p in (results / "runs").rglob("provenance.json"))
+
+
+def test_default_demo_run_and_resume(tmp_path):
+    results = tmp_path / "results"
+    first = run_cli(["semantix-bench", f"paths.results_dir={results}"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    dirs = run_dirs(results)
+    assert {d.name.rsplit("-", 1)[0] for d in dirs} == {"identity", "reinhard", "histogram_matching"}
+    assert all(d.parts[-4:-1] == ("demo", "demo", "tiny") for d in dirs)
+    log = first.stdout + first.stderr
+    assert str(dirs[0]) in log and "leaderboard.csv" in log
+    table = pd.read_csv(results / "leaderboard.csv")
+    assert len(table) == 3 and (table["n_failed"] == 0).all()
+    assert {"ssim_grey_mean", "colour_histogram_mean"} <= set(table.columns)
+    by_method = table.set_index("method")
+    # Real numbers: identity keeps the structure exactly; colour transfer gets closer to the references.
+    assert by_method.loc["identity", "ssim_grey_mean"] == 1.0
+    assert by_method.loc["reinhard", "colour_histogram_mean"] < by_method.loc["identity", "colour_histogram_mean"]
+    second = run_cli(["semantix-bench", f"paths.results_dir={results}"], cwd=tmp_path)
+    assert second.returncode == 0
+    n = int(table["n"].iloc[0])
+    assert f"0 ok, 0 failed, {n} skipped" in second.stdout + second.stderr
+
+
+def test_multirun_one_job_per_method_and_failed_job_does_not_stop_others(tmp_path):
+    results = tmp_path / "results"
+    out = run_cli(["semantix-bench", "-m", "method=identity,reinhard", "dataset=demo", "backbone=tiny",
+                   f"paths.results_dir={results}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert {d.name.rsplit("-", 1)[0] for d in run_dirs(results)} == {"identity", "reinhard"}
+    # The first job cannot run (its manifest is not set); the second still does.
+    results2 = tmp_path / "results2"
+    out = run_cli(["semantix-bench", "-m", "dataset=manifest,demo", "method=identity",
+                   f"paths.results_dir={results2}"], cwd=tmp_path)
+    assert out.returncode == 101
+    assert "job failed" in out.stderr + out.stdout
+    assert [d.parts[-3] for d in run_dirs(results2)] == ["demo"]
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
+    slow = "+method.slow={_target_: plugins_for_tests.SlowNoisyIdentity, delay_s: 0.6}"
+    args = ["semantix-bench", "method=[]", slow, "runner.leaderboard=false"]
+    killed_results = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
+    script = os.path.join(os.path.dirname(sys.executable), "semantix-bench")
+    proc = subprocess.Popen([script, *args[1:], f"paths.results_dir={killed_results}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if len(list(killed_results.glob("runs/*/*/*/*/records/*.json"))) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    dirs = run_dirs(killed_results)
+    n_before = len(RunStore(dirs[0]).records())
+    assert 2 <= n_before < 8  # killed mid-way
+    resumed = run_cli([*args, f"paths.results_dir={killed_results}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"{n_before} skipped" in resumed.stdout + resumed.stderr
+    whole_results = tmp_path / "whole"
+    whole = run_cli([*args, f"paths.results_dir={whole_results}"], cwd=tmp_path)
+    assert whole.returncode == 0
+    key = lambda r: r["sample_id"]  # noqa: E731
+    after_kill = sorted(map(comparable, RunStore(dirs[0]).records()), key=key)
+    uninterrupted = sorted(map(comparable, RunStore(run_dirs(whole_results)[0]).records()), key=key)
+    assert len(after_kill) == len(uninterrupted)
+    assert after_kill == uninterrupted
+
+
+def test_bad_data_fails_each_sample_with_its_reason_others_finish(tmp_path):
+    from PIL import Image
+
+    from semantix.data.manifest import write_manifest
+
+    root = tmp_path / "data"
+    good = write_png(root / "good.png", seed=1)
+    style = write_png(root / "style.png", seed=2)
+    write_png(root / "grey.png", mode="L")
+    write_png(root / "alpha.png", mode="RGBA")
+    write_png(root / "cmyk.jpg", mode="CMYK")
+    write_png(root / "tiny.png", size=(40, 40))
+    (root / "corrupt.png").write_bytes(b"not an image at all")
+    data = good.read_bytes()
+    (root / "truncated.png").write_bytes(data[: len(data) // 2])
+    Image.new("I;16", (80, 80)).save(root / "deep.png")
+    (tmp_path / "outside.png").write_bytes(good.read_bytes())
+    cases = {
+        "ok": "good.png", "missing": "nope.png", "grey": "grey.png", "alpha": "alpha.png", "cmyk": "cmyk.jpg",
+        "tiny": "tiny.png", "corrupt": "corrupt.png", "truncated": "truncated.png", "16bit": "deep.png",
+        "outside": "../outside.png",
+    }
+    rows = [{"sample_id": sid, "content": path, "reference": style.name} for sid, path in cases.items()]
+    rows.append({"sample_id": "bad_hash", "content": "good.png", "reference": style.name,
+                 "content_sha256": "0" * 64})
+    manifest = write_manifest(rows, root / "manifest.csv")
+    results = tmp_path / "results"
+    out = run_cli(["semantix-bench", "dataset=manifest", f"dataset.manifest={manifest}", "method=identity",
+                   f"paths.results_dir={results}"], cwd=tmp_path)
+    assert out.returncode == len(rows) - 1, out.stderr[-3000:]
+    records = {r["sample_id"]: r for r in RunStore(run_dirs(results)[0]).records()}
+    assert records["ok"]["status"] == "ok"
+    expected_words = {"missing": "not found|missing|does not exist", "grey": "grey|gray", "alpha": "alpha",
+                      "cmyk": "CMYK", "tiny": "small|tiny", "corrupt": "corrupt|not an image|cannot identify",
+                      "truncated": "truncated", "16bit": "16-bit", "outside": "outside",
+                      "bad_hash": "sha256|hash"}
+    import re
+
+    for sid, words in expected_words.items():
+        record = records[sid]
+        assert record["status"] == "failed", sid
+        assert record["error"]["stage"] == "load"
+        assert re.search(words, record["error"]["message"], re.IGNORECASE), (sid, record["error"]["message"])
+    assert json.loads((run_dirs(results)[0] / "provenance.json").read_text())["invocations"][-1]["failed"] == 10

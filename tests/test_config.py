@@ -1,0 +1,63 @@
+"""Every config in conf/ composes, and every `_target_` instantiates (offline)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CONF_DIR, compose
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from semantix.types import WeightsNotFoundError
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes(experiment):
+    cfg = compose([f"experiment={experiment}"])
+    assert cfg.method, "an experiment must select at least one method"
+    OmegaConf.to_container(cfg.method, resolve=True)
+    OmegaConf.to_container(cfg.metrics, resolve=True)
+
+
+@pytest.mark.parametrize("method", options("method"))
+def test_every_method_instantiates(method):
+    cfg = compose([f"method={method}"])
+    for label, node in cfg.method.items():
+        assert callable(instantiate(node)), label
+
+
+@pytest.mark.parametrize("preset", options("metrics"))
+def test_every_metric_preset_instantiates(preset):
+    cfg = compose([f"metrics={preset}"])
+    for name, node in cfg.metrics.items():
+        metric = instantiate(node)
+        assert metric.higher_is_better in (True, False), name
+
+
+@pytest.mark.parametrize("logger", options("logger"))
+def test_every_logger_instantiates(logger):
+    assert hasattr(instantiate(compose([f"logger={logger}"]).logger), "log_sample")
+
+
+def test_datasets_instantiate(small_dataset):
+    assert len(instantiate(compose(["dataset=demo"]).dataset)) > 0
+    cfg = compose(["dataset=manifest", f"dataset.manifest={small_dataset}"])
+    assert len(instantiate(cfg.dataset)) == 4
+    with pytest.raises(Exception, match="manifest"):
+        instantiate(compose(["dataset=manifest"]).dataset)  # mandatory value left unset
+
+
+def test_backbones_instantiate_or_say_which_key_to_set(tmp_path):
+    tiny = instantiate(compose(["backbone=tiny"]).backbone)
+    assert tiny.random_weights
+    missing = tmp_path / "no-such-sd15"
+    with pytest.raises(WeightsNotFoundError, match="backbone.pretrained"):
+        instantiate(compose(["backbone=sd15", f"backbone.pretrained={missing}"]).backbone)
+
+
+def test_unknown_choice_is_a_clear_error():
+    with pytest.raises(Exception, match="reinhardt"):
+        compose(["method=reinhardt"])

@@ -1,0 +1,94 @@
+"""The weight-free metrics and the range guard at the metric boundary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage import color
+
+from semantix.metrics.colour import ColourHistogramDistance, hellinger, lab_histogram
+from semantix.metrics.structure import GreySSIM
+from semantix.types import Sample
+
+
+def sample(content, *references):
+    return Sample("s", content, tuple(references) or (content,))
+
+
+def smooth_image(seed=0, size=32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=size, mode="bilinear")[0]
+
+
+def test_ssim_identical_is_one_and_blur_lowers_it():
+    content = smooth_image() * 0.5 + torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1)) * 0.5
+    metric = GreySSIM()
+    assert float(metric(content, sample(content))) == pytest.approx(1.0, abs=1e-5)
+    blurred = torch.nn.functional.avg_pool2d(content[None], 3, stride=1, padding=1, count_include_pad=False)[0]
+    assert float(metric(blurred, sample(content))) < 0.9
+    assert float(metric.compute()) == pytest.approx((1.0 + float(GreySSIM()(blurred, sample(content)))) / 2)
+
+
+def test_ssim_data_range_is_fixed_not_inferred():
+    # A low-contrast pair: with the range inferred from the data, SSIM would change with contrast.
+    content = smooth_image(2) * 0.1
+    output = content + 0.02
+    a = float(GreySSIM()(output, sample(content)))
+    b = float(GreySSIM()(output * 0.5, sample(content * 0.5)))
+    assert a != pytest.approx(b, abs=1e-4)
+
+
+@pytest.mark.parametrize("bad", [lambda x: x * 2 - 1, lambda x: x * 255], ids=["minus1_1", "0_255"])
+def test_wrong_range_raises_instead_of_scoring(bad):
+    content = smooth_image()
+    with pytest.raises(ValueError, match=r"expects \[0, 1\]"):
+        GreySSIM()(bad(content), sample(content))
+    with pytest.raises(ValueError, match=r"expects \[0, 1\]"):
+        ColourHistogramDistance()(bad(content), sample(content))
+
+
+def test_size_mismatch_raises():
+    with pytest.raises(ValueError, match="sizes differ"):
+        GreySSIM()(smooth_image(size=16), sample(smooth_image(size=32)))
+
+
+def brute_force_histogram(images, bins):
+    counts = np.zeros((bins,) * 3)
+    edges = [np.linspace(0, 100, bins + 1), np.linspace(-128, 128, bins + 1), np.linspace(-128, 128, bins + 1)]
+    for image in images:
+        lab = color.rgb2lab(image.permute(1, 2, 0).double().numpy()).reshape(-1, 3)
+        for pixel in lab:
+            index = []
+            for axis in range(3):
+                i = np.searchsorted(edges[axis], pixel[axis], side="right") - 1
+                index.append(min(max(i, 0), bins - 1))  # the last edge is inclusive
+            counts[tuple(index)] += 1
+    return counts / counts.sum()
+
+
+def test_lab_histogram_matches_brute_force():
+    images = (smooth_image(3, size=12), smooth_image(4, size=10))
+    np.testing.assert_allclose(lab_histogram(images, 6), brute_force_histogram(images, 6), atol=1e-12)
+
+
+def test_colour_distance_identity_disjoint_and_direction():
+    red = torch.zeros(3, 16, 16)
+    red[0] = 1.0
+    blue = torch.zeros(3, 16, 16)
+    blue[2] = 1.0
+    metric = ColourHistogramDistance()
+    assert float(metric(red, sample(red, red))) == pytest.approx(0.0, abs=1e-7)
+    assert float(metric(red, sample(red, blue))) == pytest.approx(1.0)
+    half = red.clone()
+    half[:, :, 8:] = blue[:, :, 8:]
+    assert 0.0 < float(metric(half, sample(half, blue))) < 1.0
+    p, q = np.array([0.5, 0.5]), np.array([0.5, 0.5])
+    assert hellinger(p, q) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_metrics_declare_direction_comparison_and_range():
+    assert GreySSIM.describe() == {"higher_is_better": True, "compares": "output-content",
+                                   "input_range": [0.0, 1.0], "weights": None}
+    assert ColourHistogramDistance.describe()["higher_is_better"] is False
+    assert ColourHistogramDistance.describe()["compares"] == "output-reference"
