@@ -16,6 +16,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -29,13 +30,20 @@ MAX_FAILED_EXIT = 100
 _job_outcomes: list[int] = []
 
 
+def root_cause(error: BaseException) -> BaseException:
+    """The plugin's own error behind Hydra's instantiation wrapper (its message is what users need)."""
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
 def _leaderboard_paths(results_dir: Path) -> tuple[Path, Path, Path]:
     return results_dir / "runs", results_dir / "leaderboard.csv", results_dir / "leaderboard.md"
 
 
 def _run_job(cfg: DictConfig) -> None:
     from semantix.leaderboard import write_leaderboard
-    from semantix.runner import Runner, RunLabels
+    from semantix.runner import RunLabels, Runner
 
     choices = HydraConfig.get().runtime.choices
     labels = RunLabels(
@@ -49,7 +57,8 @@ def _run_job(cfg: DictConfig) -> None:
         result = Runner(cfg, labels, logger=logger).run()
     except Exception as e:  # noqa: BLE001 - report the job's failure clearly, let other jobs run
         log.debug("job failed", exc_info=True)
-        log.error("job failed: %s: %s", type(e).__name__, e)
+        cause = root_cause(e)
+        log.error("job failed: %s: %s", type(cause).__name__, cause)
         _job_outcomes.append(JOB_FAILED_EXIT)
         return
     for run in result.runs:

@@ -7,6 +7,7 @@ from conftest import CONF_DIR, compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from semantix.cli import root_cause
 from semantix.types import WeightsNotFoundError
 
 
@@ -54,8 +55,11 @@ def test_backbones_instantiate_or_say_which_key_to_set(tmp_path):
     tiny = instantiate(compose(["backbone=tiny"]).backbone)
     assert tiny.random_weights
     missing = tmp_path / "no-such-sd15"
-    with pytest.raises(WeightsNotFoundError, match="backbone.pretrained"):
+    with pytest.raises(Exception) as info:
         instantiate(compose(["backbone=sd15", f"backbone.pretrained={missing}"]).backbone)
+    cause = root_cause(info.value)
+    assert isinstance(cause, WeightsNotFoundError)
+    assert "backbone.pretrained" in str(cause) and "model_index.json" in str(cause)
 
 
 def test_unknown_choice_is_a_clear_error():

@@ -1,0 +1,246 @@
+"""`tiny`: SD1.5's structure with tiny widths and seeded random weights, built offline.
+
+It makes every code path runnable on a CPU without network; its outputs say nothing about quality.
+The tokenizer is the real CLIP BPE tokenizer (same ids as openai/clip-vit-large-patch14), built from
+the merges file that open_clip ships and cached under `$SEMANTIX_CACHE/tokenizer/`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import logging
+import math
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semantix.backbones.base import (
+    SD15_SCHEDULER_CONFIG,
+    Backbone,
+    dtype_name,
+    finalize_modules,
+    resolve_device,
+    resolve_dtype,
+)
+
+log = logging.getLogger(__name__)
+
+CLIP_VOCAB_SIZE = 49408
+CLIP_CONTEXT_LENGTH = 77
+BOS_TOKEN, EOS_TOKEN = "<|startoftext|>", "<|endoftext|>"
+_NUM_MERGES = 49152 - 256 - 2  # as in openai/CLIP's SimpleTokenizer
+
+# Fixed parts of the tiny architecture (the widths are build_tiny's arguments).
+_UNET_HEADS = 2  # diffusers' `attention_head_dim` of SD1.5 configs is the number of heads
+_VAE_WIDTHS = (32, 64)  # 2 blocks: latent downsample factor 2
+_VAE_LAYERS_PER_BLOCK = 1
+_TEXT_LAYERS = 2
+_TEXT_HEADS = 4
+
+
+def cache_root() -> Path:
+    """`$SEMANTIX_CACHE`, default `~/.cache/semantix`."""
+    return Path(os.environ.get("SEMANTIX_CACHE") or Path.home() / ".cache" / "semantix").expanduser()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """openai/CLIP's reversible byte -> printable unicode character table."""
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def _open_clip_bpe_file() -> Path:
+    spec = importlib.util.find_spec("open_clip")  # locate, don't import (importing open_clip is slow)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("open_clip_torch is needed for the tiny backbone's CLIP tokenizer")
+    return Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
+
+
+def _build_clip_vocab() -> tuple[dict[str, int], list[str]]:
+    """Vocabulary and merges exactly as openai/CLIP's SimpleTokenizer builds them (49408 tokens)."""
+    lines = gzip.open(_open_clip_bpe_file()).read().decode("utf-8").split("\n")
+    merges = lines[1 : _NUM_MERGES + 1]  # line 0 is a version header
+    byte_chars = list(_bytes_to_unicode().values())
+    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
+    tokens += [BOS_TOKEN, EOS_TOKEN]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    if len(vocab) != CLIP_VOCAB_SIZE:
+        raise RuntimeError(f"built a CLIP vocabulary of {len(vocab)} tokens, expected {CLIP_VOCAB_SIZE}")
+    return vocab, merges
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def clip_tokenizer_files(folder: Path | None = None) -> Path:
+    """Write `vocab.json` and `merges.txt` (Hugging Face CLIP layout) once; return their folder."""
+    folder = Path(folder) if folder is not None else cache_root() / "tokenizer"
+    vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
+    if not (vocab_file.is_file() and merges_file.is_file()):
+        folder.mkdir(parents=True, exist_ok=True)
+        vocab, merges = _build_clip_vocab()
+        _write_atomic(merges_file, "#version: 0.2\n" + "\n".join(merges) + "\n")
+        _write_atomic(vocab_file, json.dumps(vocab, ensure_ascii=False))
+        log.info("wrote the CLIP tokenizer files to %s", folder)
+    return folder
+
+
+def _tokenizer_from_folder(folder: Path):
+    from transformers import CLIPTokenizer
+
+    # Note: in transformers 5, CLIPTokenizer(vocab_file=..., merges_file=...) silently builds an
+    # empty tokenizer; from_pretrained on the folder reads the two files on transformers 4 and 5.
+    return CLIPTokenizer.from_pretrained(
+        str(folder), model_max_length=CLIP_CONTEXT_LENGTH, local_files_only=True
+    )
+
+
+def load_clip_tokenizer(folder: Path | None = None):
+    """The CLIP BPE tokenizer, offline: "a photo of a cat" -> [49406, 320, 1125, 539, 320, 2368, 49407]."""
+    folder = clip_tokenizer_files(folder)
+    try:
+        tokenizer = _tokenizer_from_folder(folder)
+        if len(tokenizer) == CLIP_VOCAB_SIZE:
+            return tokenizer
+        log.warning("the CLIP tokenizer in %s has %d tokens; rebuilding it", folder, len(tokenizer))
+    except Exception as err:  # damaged files (the tokenizers library raises a bare Exception)
+        log.warning("unreadable CLIP tokenizer files in %s (%s); rebuilding them", folder, err)
+    for name in ("vocab.json", "merges.txt"):
+        (folder / name).unlink(missing_ok=True)
+    tokenizer = _tokenizer_from_folder(clip_tokenizer_files(folder))
+    if len(tokenizer) != CLIP_VOCAB_SIZE:
+        raise RuntimeError(
+            f"the CLIP tokenizer in {folder} has {len(tokenizer)} tokens, not {CLIP_VOCAB_SIZE}"
+        )
+    return tokenizer
+
+
+def build_tiny(
+    resolution: int = 64,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+    layers_per_block: int = 2,
+    block_out_channels: tuple[int, ...] = (32, 32, 64, 64),
+    cross_attention_dim: int = 32,
+    **unused_arch: Any,
+) -> Backbone:
+    """SD1.5-shaped backbone with random weights seeded by `seed` (global RNG state is untouched).
+
+    UNet: SD1.5's block types (3 cross-attention down blocks + 1 plain, mirrored up), 2 heads, group
+    norm over 8 groups. VAE: 2 blocks, so 64 px -> a 4x32x32 latent. Text encoder: 2-layer CLIP.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if unused_arch:
+        log.debug("build_tiny ignores %s", sorted(unused_arch))
+    block_out_channels = tuple(int(c) for c in block_out_channels)
+    vae_factor = 2 ** (len(_VAE_WIDTHS) - 1)
+    multiple = vae_factor * 2 ** (len(block_out_channels) - 1)
+    if resolution % multiple:
+        raise ValueError(f"tiny backbone: resolution must be a multiple of {multiple}, got {resolution}")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=resolution // vae_factor,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D",) * (len(block_out_channels) - 1) + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (len(block_out_channels) - 1),
+            block_out_channels=block_out_channels,
+            layers_per_block=layers_per_block,
+            attention_head_dim=_UNET_HEADS,
+            norm_num_groups=math.gcd(8, *block_out_channels),
+            cross_attention_dim=cross_attention_dim,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * len(_VAE_WIDTHS),
+            up_block_types=("UpDecoderBlock2D",) * len(_VAE_WIDTHS),
+            block_out_channels=_VAE_WIDTHS,
+            layers_per_block=_VAE_LAYERS_PER_BLOCK,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=resolution,
+            scaling_factor=0.18215,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=CLIP_VOCAB_SIZE,
+                hidden_size=cross_attention_dim,
+                intermediate_size=4 * cross_attention_dim,
+                projection_dim=cross_attention_dim,
+                num_hidden_layers=_TEXT_LAYERS,
+                num_attention_heads=math.gcd(_TEXT_HEADS, cross_attention_dim),
+                max_position_embeddings=CLIP_CONTEXT_LENGTH,
+                hidden_act="quick_gelu",
+                bos_token_id=49406,
+                eos_token_id=49407,
+                pad_token_id=49407,
+            )
+        )
+    unet.set_attn_processor(AttnProcessor2_0())
+    finalize_modules(unet, vae, text_encoder, device=torch_device, dtype=torch_dtype)
+
+    architecture = {
+        "unet_block_out_channels": list(block_out_channels),
+        "unet_layers_per_block": layers_per_block,
+        "unet_heads": _UNET_HEADS,
+        "cross_attention_dim": cross_attention_dim,
+        "vae_block_out_channels": list(_VAE_WIDTHS),
+        "vae_layers_per_block": _VAE_LAYERS_PER_BLOCK,
+        "text_layers": _TEXT_LAYERS,
+    }
+    return Backbone(
+        name="tiny",
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=load_clip_tokenizer(),
+        scheduler_config=dict(SD15_SCHEDULER_CONFIG),
+        resolution=resolution,
+        device=torch_device,
+        dtype=torch_dtype,
+        random_weights=True,
+        provenance={
+            "backbone": "tiny",
+            "pretrained": None,
+            "revision": None,
+            "weights": f"random (seed {seed})",
+            "seed": seed,
+            "dtype": dtype_name(torch_dtype),
+            "device": str(torch_device),
+            "resolution": resolution,
+            "architecture": architecture,
+            "tokenizer": "openai CLIP BPE, built from open_clip's bpe_simple_vocab_16e6.txt.gz",
+        },
+    )
