@@ -55,9 +55,3 @@ def device_info() -> dict:
         info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
 
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' means CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)

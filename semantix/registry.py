@@ -52,6 +52,7 @@ METHODS = Registry(
     {
         "identity": "semantix.methods.classical:Identity",
         "reinhard": "semantix.methods.classical:ReinhardColorTransfer",
+        "semantix": "semantix.methods.semantix:Semantix",
         "histogram_matching": "semantix.methods.classical:HistogramMatching",
     },
 )

@@ -149,6 +149,11 @@ class Runner:
         self.metric_hashes = {name: stable_hash(_container(mcfg)) for name, mcfg in cfg.metrics.items()}
         self.runs: list[MethodRun] = []
         for label, mcfg in cfg.method.items():
+            if "_target_" not in mcfg:
+                raise ValueError(
+                    f"method {label!r} has no _target_: values were set for a method that no conf/method "
+                    f"file selects (an experiment or override setting method.{label}.* without selecting it?)"
+                )
             run_dir, config_hash = run_directory(cfg, labels, label)
             self.runs.append(MethodRun(label, instantiate(mcfg), RunStore(run_dir), config_hash))
         self.backbone = None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import compose
 from omegaconf import open_dict
 
-from conftest import compose
 from semantix.runner import RunLabels, Runner
 
 

@@ -100,6 +100,11 @@ def test_method_failure_is_isolated_and_retried(small_dataset, tmp_path):
     assert (kept.failed, kept.skipped) == (0, 4)
 
 
+def test_method_values_without_a_selected_method_are_a_clear_error(small_dataset, tmp_path):
+    with pytest.raises(ValueError, match="has no _target_"):
+        run_job([*manifest_overrides(small_dataset), "method=identity", "+method.ghost.num_steps=3"], tmp_path)
+
+
 def test_bad_output_is_a_failed_record(small_dataset, tmp_path):
     bad = "+method.bad={_target_: plugins_for_tests.WrongShape}"
     run = run_job([*manifest_overrides(small_dataset), "method=[]", bad], tmp_path / "r").runs[0]

@@ -61,7 +61,8 @@ class UNetEpsFn:
     def uses_cfg(self) -> bool:
         return self.uncond_emb is not None and self.guidance_scale != 1.0
 
-    def _unet(self, x: torch.Tensor, t: int, emb: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, t: int, emb: torch.Tensor) -> torch.Tensor:
+        """One UNet noise prediction for the embedding `emb` (no CFG, no capture)."""
         dtype = next(self.unet.parameters()).dtype
         out = self.unet(x.to(dtype), t, encoder_hidden_states=emb.to(dtype), **self.unet_kwargs)
         return (out.sample if hasattr(out, "sample") else out[0]).to(x.dtype)
@@ -71,16 +72,16 @@ class UNetEpsFn:
         cond = _expand(self.cond_emb, B)
         with capture_block_outputs(self.unet, self.capture) as captured:
             if not self.uses_cfg:
-                eps = self._unet(x_t, t, cond)
+                eps = self.predict(x_t, t, cond)
                 feats = dict(captured)
             elif self.batch_cfg:
-                both = self._unet(torch.cat([x_t, x_t]), t, torch.cat([_expand(self.uncond_emb, B), cond]))
+                both = self.predict(torch.cat([x_t, x_t]), t, torch.cat([_expand(self.uncond_emb, B), cond]))
                 eps = cfg(both[:B], both[B:], self.guidance_scale)
                 # clone: a view would keep (and torch.save would write) the unconditional half too
                 feats = {k: v[B:].clone() for k, v in captured.items()}
             else:
-                eps_u = self._unet(x_t, t, _expand(self.uncond_emb, B))
-                eps_c = self._unet(x_t, t, cond)
+                eps_u = self.predict(x_t, t, _expand(self.uncond_emb, B))
+                eps_c = self.predict(x_t, t, cond)
                 feats = dict(captured)
                 eps = cfg(eps_u, eps_c, self.guidance_scale)
         return eps, (feats if self.capture else None)

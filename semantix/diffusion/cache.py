@@ -1,0 +1,80 @@
+"""On-disk cache of expensive intermediates (DDPM inversions and their captured features).
+
+An entry is addressed by the hash of a key dict that must name everything that changes the
+result: backbone id, revision and weights, image sha256, resolution, inversion settings, prompt,
+seed, dtype. Each entry is a `torch.save` payload plus a JSON sidecar with the key and the payload's
+sha256; an entry whose file is missing, truncated, altered or unreadable is recomputed and
+rewritten, never trusted. Writes are atomic, so concurrent jobs at worst compute an entry twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semantix.store import atomic_write_bytes, atomic_write_json, stable_hash
+
+log = logging.getLogger(__name__)
+
+
+class TensorCache:
+    def __init__(self, root: Path | str | None, enabled: bool = True):
+        self.root = Path(root) if root is not None else None
+        self.enabled = enabled and root is not None
+        self.hits = 0
+        self.misses = 0
+        self.corrupt = 0
+
+    def _paths(self, key: dict) -> tuple[Path, Path]:
+        digest = stable_hash(key, length=40)
+        folder = self.root / key.get("kind", "entries") / digest[:2]
+        return folder / f"{digest}.pt", folder / f"{digest}.json"
+
+    def load(self, key: dict) -> Any | None:
+        """The cached payload, or None when absent or not trustworthy (counted in `corrupt`)."""
+        if not self.enabled:
+            return None
+        payload_path, meta_path = self._paths(key)
+        if not meta_path.is_file():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            data = payload_path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+                raise ValueError("payload sha256 does not match its sidecar")
+            if meta["key"] != json.loads(json.dumps(key, sort_keys=True, default=str)):
+                raise ValueError("sidecar key differs from the requested key")
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure means: recompute
+            self.corrupt += 1
+            log.warning("cache entry %s is unusable (%s); recomputing it", payload_path, e)
+            return None
+
+    def save(self, key: dict, payload: Any) -> None:
+        if not self.enabled:
+            return
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        data = buffer.getvalue()
+        payload_path, meta_path = self._paths(key)
+        atomic_write_bytes(payload_path, data)
+        # The sidecar goes last: an entry counts only once its payload is complete.
+        atomic_write_json(meta_path, {"key": key, "sha256": hashlib.sha256(data).hexdigest(),
+                                      "bytes": len(data)})
+
+    def get_or_compute(self, key: dict, compute: Callable[[], Any]) -> Any:
+        payload = self.load(key)
+        if payload is not None:
+            self.hits += 1
+            return payload
+        self.misses += 1
+        payload = compute()
+        self.save(key, payload)
+        return payload

@@ -1,0 +1,251 @@
+"""Semantix: an energy-guided sampler for semantic style transfer.
+
+He, Hu, Zheng, Wang, Cham, "Semantix: An Energy-guided Sampler for Semantic Style Transfer",
+ICLR 2025 (arXiv 2503.22344). No official code is public and the paper's body (its Algorithm 1
+and equations) was not available to us: what follows is our reading, written down in
+../shared/spec/semantix.md and docs/method.md, with every choice a constructor argument.
+
+Settings the paper states (image experiments; defaults in conf/method/semantix.yaml): Stable
+Diffusion 1.5; reference and context inverted with DDPM inversion over 60 steps; classifier-free
+guidance 3.5 for inversion and sampling; guidance features from the 2nd and 3rd decoder blocks;
+gamma_ref = 3.0 (style feature guidance), gamma_c = 0.9 (spatial feature guidance), gamma_reg = 1.0
+(semantic distance regulariser), lambda_pe = 3.0 (positional encoding); each guidance term clamped
+to [-1, 1]; after 20 denoising steps, AdaIN of the output latents to the reference latents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from semantix.diffusion import (
+    DDPMStepper,
+    Inversion,
+    UNetEpsFn,
+    adain,
+    capture_block_outputs,
+    cfg,
+    clamped_energy_gradient,
+    flatten_locations,
+    gather_matched,
+    invert,
+    match_features,
+    semantic_distance_energy,
+    spatial_energy,
+    style_energy,
+)
+from semantix.diffusion.cache import TensorCache
+from semantix.methods.base import Method
+from semantix.store import stable_hash
+from semantix.types import MethodOutput, Sample
+
+GUIDANCE_FORMS = ("eps", "latent")
+MATCH_SOURCES = ("context", "output")
+FEATURE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class Semantix(Method):
+    uses_backbone = True
+
+    def __init__(
+        self,
+        num_steps: int = 60,
+        guidance_scale: float = 3.5,
+        prompt: str = "",
+        reference_prompt: str = "",
+        feature_blocks: Sequence[str] = ("up_blocks.1", "up_blocks.2"),
+        block_weights: Sequence[float] | None = None,
+        gamma_ref: float = 3.0,
+        gamma_c: float = 0.9,
+        gamma_reg: float = 1.0,
+        lambda_pe: float = 3.0,
+        pe_dim: int | None = 64,
+        grad_clamp: float | None = 1.0,
+        guidance_apply: str = "eps",
+        match_on: str = "context",
+        match_chunk_size: int = 1024,
+        reg_max_side: int = 32,
+        adain_start_step: int | None = 20,
+        cache_inversions: bool = True,
+        feature_dtype: str = "float16",
+    ):
+        if guidance_apply not in GUIDANCE_FORMS:
+            raise ValueError(f"guidance_apply must be one of {GUIDANCE_FORMS}, got {guidance_apply!r}")
+        if match_on not in MATCH_SOURCES:
+            raise ValueError(f"match_on must be one of {MATCH_SOURCES}, got {match_on!r}")
+        if feature_dtype not in FEATURE_DTYPES:
+            raise ValueError(f"feature_dtype must be one of {sorted(FEATURE_DTYPES)}, got {feature_dtype!r}")
+        self.num_steps = num_steps
+        self.guidance_scale = guidance_scale
+        self.prompt = prompt
+        self.reference_prompt = reference_prompt
+        self.feature_blocks = tuple(feature_blocks)
+        weights = [1.0] * len(self.feature_blocks) if block_weights is None else list(block_weights)
+        if len(weights) != len(self.feature_blocks):
+            raise ValueError(f"block_weights has {len(weights)} values for {len(self.feature_blocks)} blocks")
+        self.block_weights = [w / sum(weights) for w in weights]
+        self.gammas = {"style": gamma_ref, "spatial": gamma_c, "reg": gamma_reg}
+        self.lambda_pe = lambda_pe
+        self.pe_dim = pe_dim
+        self.grad_clamp = grad_clamp
+        self.guidance_apply = guidance_apply
+        self.match_on = match_on
+        self.match_chunk_size = match_chunk_size
+        self.reg_max_side = reg_max_side
+        self.adain_start_step = adain_start_step
+        self.cache_inversions = cache_inversions
+        self.feature_dtype = FEATURE_DTYPES[feature_dtype]
+
+    # -- set-up --------------------------------------------------------------------------------------
+    def prepare(self, backbone, cache_dir: Path) -> None:
+        self.backbone = backbone
+        self.unet = backbone.unet
+        for path in self.feature_blocks:
+            try:
+                self.unet.get_submodule(path)
+            except AttributeError:
+                known = [f"up_blocks.{i}" for i in range(len(self.unet.up_blocks))]
+                raise ValueError(f"feature block {path!r} not in the UNet; decoder blocks: {known}") from None
+        self.scheduler = backbone.make_scheduler("ddpm")
+        self.scheduler.set_timesteps(self.num_steps)
+        self.stepper = DDPMStepper(self.scheduler)
+        self.uncond_embedding = backbone.encode_prompt([""])
+        self.cache = TensorCache(Path(cache_dir), enabled=self.cache_inversions)
+
+    # -- the algorithm -------------------------------------------------------------------------------
+    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
+        seed = generator.initial_seed()
+        context_prompt = sample.prompt or self.prompt
+        cond = self.backbone.encode_prompt([context_prompt])
+
+        # 1. Invert the context and every reference (edit-friendly DDPM inversion, CFG 3.5), capturing
+        #    their decoder features F^c_t, F^r_t on the way (they replay, never re-sample).
+        context = self._invert(sample.content, sample.input_sha256.get("content"), context_prompt, seed, "context")
+        reference_hashes = [sample.input_sha256.get(k) for k in _reference_keys(len(sample.references))]
+        references = [
+            self._invert(image, sha, self.reference_prompt, seed, f"reference_{k}")
+            for k, (image, sha) in enumerate(zip(sample.references, reference_hashes, strict=True))
+        ]
+
+        # 2. Guided sampling of the output branch; 3. decode.
+        latent, diagnostics = self.sample(context, references, cond)
+        return MethodOutput(image=self.backbone.decode_latents(latent)[0], diagnostics=diagnostics)
+
+    def sample(self, context: Inversion, references: list[Inversion], cond: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The guided reverse process (spec section 2); returns x_0 of the output and per-step diagnostics."""
+        # The output starts at the context's inverted noise and uses the context's noise maps.
+        x = context.x_T.clone()
+        trace: dict[str, list[torch.Tensor]] = {"energy_style": [], "energy_spatial": [], "energy_reg": [],
+                                                 "grad_norm": []}
+        for i, t in enumerate(self.stepper.timesteps):
+            context_features = context.features[i]
+            reference_features = [r.features[i] for r in references]
+            # Steps 2.1-2.4: CFG prediction, energy gradient (per-term clamped), guided prediction.
+            eps, guidance, energies = self._guided_prediction(x, t, i, cond, context_features,
+                                                              reference_features)
+            # Step 2.5: DDPM step with the context's noise map.
+            x = self.stepper.step(x, eps, i, context.zs[i])
+            if self.guidance_apply == "latent":
+                x = x - guidance
+            # Step 2.6: AdaIN of the output latent to the reference latent of the same timestep.
+            if self.adain_start_step is not None and i >= self.adain_start_step:
+                x = adain(x, _pooled(_latent_after_step(r, i) for r in references))
+            for name, value in energies.items():
+                trace[f"energy_{name}"].append(value)
+            trace["grad_norm"].append(guidance.norm())
+        # One device sync for all diagnostics, after the loop.
+        diagnostics = {name: torch.stack(values).tolist() if values else [] for name, values in trace.items()}
+        return x, diagnostics
+
+    # -- pieces --------------------------------------------------------------------------------------
+    def _eps_fn(self, cond: torch.Tensor, capture: Sequence[str] = ()) -> UNetEpsFn:
+        # Two separate passes (no batched CFG) so the guided sampler, whose conditional pass needs a
+        # gradient, computes exactly the same numbers as the inversion did.
+        return UNetEpsFn(self.unet, cond, self.uncond_embedding, self.guidance_scale, capture=capture,
+                         batch_cfg=False)
+
+    def _invert(self, image: torch.Tensor, image_sha256: str | None, prompt: str, seed: int, role: str) -> Inversion:
+        """Inversion with features, from the on-disk cache when an identical one was made before."""
+        key = {
+            "kind": "semantix-inversion",
+            "backbone": self.backbone.provenance,
+            "image_sha256": image_sha256 or stable_hash(image.numpy().tobytes().hex(), length=64),
+            "resolution": tuple(image.shape[-2:]),
+            "num_steps": self.num_steps,
+            "guidance_scale": self.guidance_scale,
+            "prompt": prompt,
+            "noise_seed": stable_hash(f"{seed}:{role}"),
+            "feature_blocks": self.feature_blocks,
+            "feature_dtype": str(self.feature_dtype),
+        }
+
+        def compute() -> dict:
+            latent = self.backbone.encode_images(image[None].to(self.backbone.device))
+            noise = torch.Generator().manual_seed(int(key["noise_seed"], 16) & 0x7FFFFFFF)
+            eps_fn = self._eps_fn(self.backbone.encode_prompt([prompt]), capture=self.feature_blocks)
+
+            def eps_with_stored_features(x_t, t):
+                eps, feats = eps_fn(x_t, t)
+                return eps, {k: v.detach().to(self.feature_dtype) for k, v in feats.items()}
+
+            return invert(latent, eps_with_stored_features, self.scheduler, generator=noise).to("cpu").to_dict()
+
+        return Inversion.from_dict(self.cache.get_or_compute(key, compute)).to(self.backbone.device)
+
+    def _guided_prediction(self, x, t, i, cond, context_features, reference_features):
+        """eps~ = CFG(eps_u, eps_c) + sqrt(1 - abar_t) g, g = sum_k clamp(d gamma_k E_k / dx) (spec step 2)."""
+        eps_fn = self._eps_fn(cond)
+        if not any(self.gammas.values()):
+            with torch.no_grad():
+                eps, _ = eps_fn(x, t)
+            return eps, torch.zeros_like(x), {}
+        x_in = x.detach().requires_grad_(True)
+        with torch.enable_grad(), capture_block_outputs(self.unet, self.feature_blocks) as captured:
+            eps_cond = eps_fn.predict(x_in, t, cond)
+        with torch.no_grad():
+            eps_uncond = eps_fn.predict(x, t, self.uncond_embedding)
+        eps = cfg(eps_uncond, eps_cond.detach(), self.guidance_scale)
+        output_features = {k: v.float() for k, v in captured.items()}
+        with torch.enable_grad():
+            energies = self._energies(output_features, context_features, reference_features)
+            weighted = {k: self.gammas[k] * e for k, e in energies.items() if self.gammas[k]}
+            guidance, _ = clamped_energy_gradient(weighted, x_in, self.grad_clamp)
+        if self.guidance_apply == "eps":
+            eps = eps + self.stepper.sqrt_one_minus_alpha_bar(i) * guidance
+        return eps, guidance, {k: e.detach() for k, e in energies.items()}
+
+    def _energies(self, output_features, context_features, reference_features) -> dict[str, torch.Tensor]:
+        """The three energy terms of spec section 3, averaged over blocks with `block_weights`."""
+        total = {"style": 0.0, "spatial": 0.0, "reg": 0.0}
+        for block, weight in zip(self.feature_blocks, self.block_weights, strict=True):
+            f_out = output_features[block][0]
+            f_ctx = context_features[block][0].float()
+            if self.gammas["style"]:
+                f_refs = [r[block][0].float() for r in reference_features]
+                query = f_out.detach() if self.match_on == "output" else f_ctx
+                indices, _ = match_features(query, f_refs, self.lambda_pe, self.pe_dim, self.match_chunk_size)
+                matched = gather_matched(torch.cat([flatten_locations(f) for f in f_refs]), indices,
+                                         hw=tuple(f_out.shape[-2:]))
+                total["style"] = total["style"] + weight * style_energy(f_out, matched)
+            if self.gammas["spatial"]:
+                total["spatial"] = total["spatial"] + weight * spatial_energy(f_out, f_ctx)
+            if self.gammas["reg"]:
+                total["reg"] = total["reg"] + weight * semantic_distance_energy(f_out, f_ctx, self.reg_max_side)
+        return {k: v for k, v in total.items() if isinstance(v, torch.Tensor)}
+
+
+def _reference_keys(n: int) -> list[str]:
+    """Keys of the references' hashes in `Sample.input_sha256` (see `Manifest.load_sample`)."""
+    return ["reference"] if n == 1 else [f"reference_{k}" for k in range(n)]
+
+
+def _latent_after_step(inversion: Inversion, i: int) -> torch.Tensor:
+    """x_{t-1} of the replayed trajectory: the next stored latent, or x_0 after the last step."""
+    return inversion.xts[i + 1] if i + 1 < len(inversion) else inversion.x0
+
+
+def _pooled(latents) -> torch.Tensor:
+    """Several references' latents side by side, so AdaIN matches their pooled statistics."""
+    return torch.cat(list(latents), dim=-1)

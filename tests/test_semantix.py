@@ -1,0 +1,193 @@
+"""The Semantix sampler on the tiny backbone: the properties of spec/semantix.md section 5, the
+cache, guidance that really reaches the sampler, multi-reference, and the ablation configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from harness import run_job
+
+import semantix.methods.semantix as semantix_module
+from semantix.backbones import build_tiny
+from semantix.data import demo_manifest_path
+from semantix.data.manifest import Manifest
+from semantix.diffusion import capture_block_outputs, replay
+from semantix.methods.semantix import Semantix
+from semantix.store import RunStore
+
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return build_tiny()
+
+
+@pytest.fixture(scope="module")
+def demo():
+    manifest = Manifest.load(demo_manifest_path())
+    return {sid: manifest.load_sample(sid, 64) for sid in manifest.sample_ids}
+
+
+@pytest.fixture
+def make(backbone, tmp_path):
+    def build(**overrides) -> Semantix:
+        method = Semantix(num_steps=overrides.pop("num_steps", STEPS), **overrides)
+        method.prepare(backbone, tmp_path / "cache")
+        return method
+
+    return build
+
+
+def branches(method, sample, seed=1):
+    cond = method.backbone.encode_prompt([sample.prompt or ""])
+    context = method._invert(sample.content, sample.input_sha256["content"], sample.prompt or "", seed, "context")
+    reference = method._invert(sample.reference, sample.input_sha256["reference"], "", seed, "reference_0")
+    return cond, context, reference
+
+
+def first(demo):
+    return next(s for s in demo.values() if len(s.references) == 1)
+
+
+def test_inversion_replay_reproduces_the_latent(make, demo):
+    method = make()
+    cond, context, _ = branches(method, first(demo))
+    assert len(context) == STEPS and context.features is not None
+    x0 = replay(context, method._eps_fn(cond), method.scheduler)
+    assert (x0 - context.x0).abs().max() < 1e-4
+
+
+def test_zero_guidance_without_adain_reproduces_the_context(make, demo):
+    method = make(gamma_ref=0.0, gamma_c=0.0, gamma_reg=0.0, adain_start_step=None)
+    cond, context, reference = branches(method, first(demo))
+    latent, diagnostics = method.sample(context, [reference], cond)
+    assert (latent - context.x0).abs().max() < 1e-4
+    assert diagnostics["grad_norm"] == [0.0] * STEPS
+
+
+def test_guidance_reaches_the_sampler(make, demo):
+    sample = first(demo)
+    unguided = make(gamma_ref=0.0, gamma_c=0.0, gamma_reg=0.0, adain_start_step=None)
+    cond, context, reference = branches(unguided, sample)
+    plain, _ = unguided.sample(context, [reference], cond)
+
+    def distance_to_context(**gammas):
+        latent, diagnostics = make(adain_start_step=None, **gammas).sample(context, [reference], cond)
+        assert all(g > 0 for g in diagnostics["grad_norm"][1:])
+        return float((latent - plain).norm())
+
+    # Style guidance moves the output away from the context's own trajectory ...
+    style_only = distance_to_context(gamma_ref=3.0, gamma_c=0.0, gamma_reg=0.0)
+    assert style_only > 0.1
+    # ... and the spatial term and the regulariser each pull it back towards the context. (Alone they
+    # do nothing: the context's trajectory is their minimum, where their gradient vanishes.)
+    assert distance_to_context(gamma_ref=3.0, gamma_c=30.0, gamma_reg=0.0) < 0.98 * style_only
+    assert distance_to_context(gamma_ref=3.0, gamma_c=0.0, gamma_reg=3.0) < 0.9 * style_only
+
+
+def test_energies_vanish_where_output_equals_context(make, demo):
+    # float32 storage: with the default float16 the context features carry ~1e-5 of rounding.
+    method = make(adain_start_step=None, feature_dtype="float32")
+    cond, context, reference = branches(method, first(demo))
+    _, diagnostics = method.sample(context, [reference], cond)
+    # At the first step the output latent is the context's x_T: spatial and regulariser terms are 0.
+    assert diagnostics["energy_spatial"][0] == pytest.approx(0.0, abs=1e-5)
+    assert diagnostics["energy_reg"][0] == pytest.approx(0.0, abs=1e-5)
+    assert diagnostics["energy_style"][0] > 0.01
+    assert set(diagnostics) == {"energy_style", "energy_spatial", "energy_reg", "grad_norm"}
+    assert all(len(v) == STEPS for v in diagnostics.values())
+
+
+def test_one_guided_step_lowers_the_energy(make, demo):
+    method = make()
+    cond, context, reference = branches(method, first(demo))
+    k = STEPS // 2
+    t = method.stepper.timesteps[k]
+    x = context.xts[k] + 0.3 * torch.randn(context.xts[k].shape, generator=torch.Generator().manual_seed(0))
+
+    def total_energy(latent):
+        with torch.no_grad(), capture_block_outputs(method.unet, method.feature_blocks) as feats:
+            method._eps_fn(cond).predict(latent, t, cond)
+        terms = method._energies({b: f.float() for b, f in feats.items()}, context.features[k], [reference.features[k]])
+        return sum(method.gammas[name] * value for name, value in terms.items())
+
+    _, guidance, _ = method._guided_prediction(x, t, k, cond, context.features[k], [reference.features[k]])
+    before, after = total_energy(x), total_energy(x - 0.2 * guidance)
+    assert after < before
+
+
+def test_same_seed_same_output(make, demo, tmp_path):
+    sample = first(demo)
+    a = make()(sample, torch.Generator().manual_seed(7))
+    b = make()(sample, torch.Generator().manual_seed(7))
+    c = make()(sample, torch.Generator().manual_seed(8))
+    assert torch.equal(a.image, b.image)
+    assert a.diagnostics == b.diagnostics
+    assert not torch.equal(a.image, c.image)  # a different seed draws different inversion noise
+
+
+def test_multi_reference_uses_every_reference(make, demo):
+    multi = next(s for s in demo.values() if len(s.references) == 2)
+    single = type(multi)(multi.sample_id, multi.content, multi.references[:1], multi.prompt, multi.domain,
+                         {"content": multi.input_sha256["content"], "reference": multi.input_sha256["reference_0"]})
+    method = make()
+    both = method(multi, torch.Generator().manual_seed(3))
+    one = method(single, torch.Generator().manual_seed(3))
+    assert both.image.shape == multi.content.shape
+    assert not torch.equal(both.image, one.image)
+
+
+def test_gamma_sweep_reuses_inversions_and_corrupt_entries_are_recomputed(make, demo, monkeypatch):
+    calls = []
+    real_invert = semantix_module.invert
+    monkeypatch.setattr(semantix_module, "invert", lambda *a, **k: calls.append(1) or real_invert(*a, **k))
+    sample = first(demo)
+    generator = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    reference_output = make()(sample, generator())
+    assert len(calls) == 2  # context + reference
+    for gamma_ref in (0.0, 1.0, 6.0):
+        make(gamma_ref=gamma_ref)(sample, generator())
+    assert len(calls) == 2, "a gamma sweep must not invert again"
+    # Damage one cache payload: it is detected, recomputed, and the result is unchanged.
+    method = make()
+    payload = sorted(method.cache.root.rglob("*.pt"))[0]
+    data = bytearray(payload.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    payload.write_bytes(bytes(data))
+    again = method(sample, generator())
+    assert method.cache.corrupt == 1 and method.cache.misses == 1 and len(calls) == 3
+    assert torch.equal(again.image, reference_output.image)
+
+
+def test_bad_configuration_is_a_clear_error(backbone, tmp_path):
+    with pytest.raises(ValueError, match="guidance_apply"):
+        Semantix(guidance_apply="score")
+    with pytest.raises(ValueError, match="block_weights"):
+        Semantix(block_weights=[1.0])
+    with pytest.raises(ValueError, match="decoder blocks"):
+        Semantix(feature_blocks=["up_blocks.9"]).prepare(backbone, tmp_path)
+
+
+def test_latent_guidance_form_runs(make, demo):
+    out = make(guidance_apply="latent", match_on="output")(first(demo), torch.Generator().manual_seed(0))
+    assert out.image.shape == (3, 64, 64) and torch.isfinite(out.image).all()
+
+
+ABLATIONS = ["semantix", "semantix_no_style", "semantix_no_spatial", "semantix_no_reg", "semantix_no_pe",
+             "semantix_no_adain", "semantix_no_clamp"]
+
+
+def test_ablation_experiment_runs_every_variant_sharing_inversions(tmp_path):
+    few_steps = [f"method.{label}.num_steps=3" for label in ABLATIONS]
+    adain = [f"method.{label}.adain_start_step=1" for label in ABLATIONS if label != "semantix_no_adain"]
+    result = run_job(["experiment=semantix_ablation", "backbone=tiny", "dataset=demo", "dataset.limit=1",
+                      *few_steps, *adain, f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path / "results")
+    assert [run.label for run in result.runs] == ABLATIONS
+    assert all((run.ok, run.failed) == (1, 0) for run in result.runs)
+    records = {run.label: RunStore(run.run_dir).records()[0] for run in result.runs}
+    assert records["semantix_no_style"]["image_sha256"] != records["semantix"]["image_sha256"]
+    assert records["semantix_no_adain"]["image_sha256"] != records["semantix"]["image_sha256"]
+    assert all(len(r["diagnostics"]["energy_style"]) == 3 for r in records.values() if r["method"] != "semantix_no_style")
+    # One context and one reference inversion for all seven variants.
+    assert len(list((tmp_path / "cache").rglob("*.pt"))) == 2
