@@ -70,6 +70,7 @@ BACKBONES = Registry(
     {
         "tiny": "semantix.backbones.tiny:build_tiny",
         "sd15": "semantix.backbones.sd15:load_sd15",
+        "sd15_random": "semantix.backbones.tiny:build_sd15_random",
     },
 )
 

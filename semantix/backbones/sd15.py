@@ -142,7 +142,6 @@ def load_sd15(
     device: str = "auto",
     dtype: str = "auto",
     local_files_only: bool | None = None,
-    **unused: Any,
 ) -> Backbone:
     """Load SD1.5's UNet, VAE, text encoder, tokenizer and noise schedule as a Backbone.
 
@@ -153,8 +152,6 @@ def load_sd15(
     from diffusers.models.attention_processor import AttnProcessor2_0
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    if unused:
-        log.debug("load_sd15 ignores %s", sorted(unused))
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     folder, found = resolve_weights(str(pretrained), revision, local_files_only)

@@ -14,8 +14,8 @@ import logging
 import math
 import os
 import uuid
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -35,12 +35,28 @@ CLIP_CONTEXT_LENGTH = 77
 BOS_TOKEN, EOS_TOKEN = "<|startoftext|>", "<|endoftext|>"
 _NUM_MERGES = 49152 - 256 - 2  # as in openai/CLIP's SimpleTokenizer
 
-# Fixed parts of the tiny architecture (the widths are build_tiny's arguments).
-_UNET_HEADS = 2  # diffusers' `attention_head_dim` of SD1.5 configs is the number of heads
-_VAE_WIDTHS = (32, 64)  # 2 blocks: latent downsample factor 2
-_VAE_LAYERS_PER_BLOCK = 1
-_TEXT_LAYERS = 2
-_TEXT_HEADS = 4
+
+@dataclass(frozen=True)
+class RandomArchitecture:
+    """Widths and depths of an SD1.5-shaped backbone built with random weights."""
+
+    unet_widths: tuple[int, ...]
+    unet_heads: int  # diffusers' `attention_head_dim` of SD1.5 configs is the number of heads
+    layers_per_block: int
+    cross_attention_dim: int
+    vae_widths: tuple[int, ...]  # len(vae_widths) - 1 halvings: the latent downsample factor
+    vae_layers_per_block: int
+    text_layers: int
+    text_heads: int
+    norm_groups: int
+
+
+TINY = RandomArchitecture(unet_widths=(32, 32, 64, 64), unet_heads=2, layers_per_block=2, cross_attention_dim=32,
+                          vae_widths=(32, 64), vae_layers_per_block=1, text_layers=2, text_heads=4, norm_groups=8)
+# Stable Diffusion 1.5's own sizes (its unet/vae/text_encoder configs): for timing the real architecture.
+SD15 = RandomArchitecture(unet_widths=(320, 640, 1280, 1280), unet_heads=8, layers_per_block=2,
+                          cross_attention_dim=768, vae_widths=(128, 256, 512, 512), vae_layers_per_block=2,
+                          text_layers=12, text_heads=12, norm_groups=32)
 
 
 def cache_root() -> Path:
@@ -144,26 +160,38 @@ def build_tiny(
     device: str = "cpu",
     dtype: str = "float32",
     layers_per_block: int = 2,
-    block_out_channels: tuple[int, ...] = (32, 32, 64, 64),
-    cross_attention_dim: int = 32,
-    **unused_arch: Any,
+    block_out_channels: tuple[int, ...] = TINY.unet_widths,
+    cross_attention_dim: int = TINY.cross_attention_dim,
 ) -> Backbone:
-    """SD1.5-shaped backbone with random weights seeded by `seed` (global RNG state is untouched).
+    """SD1.5-shaped backbone with tiny widths and random weights seeded by `seed`.
 
     UNet: SD1.5's block types (3 cross-attention down blocks + 1 plain, mirrored up), 2 heads, group
     norm over 8 groups. VAE: 2 blocks, so 64 px -> a 4x32x32 latent. Text encoder: 2-layer CLIP.
     """
+    arch = replace(TINY, layers_per_block=layers_per_block, cross_attention_dim=cross_attention_dim,
+                   unet_widths=tuple(int(c) for c in block_out_channels),
+                   norm_groups=math.gcd(8, *block_out_channels))
+    return build_random(arch, "tiny", resolution, seed, device, dtype)
+
+
+def build_sd15_random(resolution: int = 512, seed: int = 0, device: str = "auto", dtype: str = "auto") -> Backbone:
+    """Stable Diffusion 1.5's full architecture with random weights: real cost, meaningless outputs.
+
+    For timing and memory benchmarks on machines without the weights (see benchmarks/).
+    """
+    return build_random(SD15, "sd15_random", resolution, seed, device, dtype)
+
+
+def build_random(arch: RandomArchitecture, name: str, resolution: int, seed: int, device: str, dtype: str) -> Backbone:
+    """Build UNet, VAE and CLIP text encoder of `arch` with weights seeded by `seed` (global RNG untouched)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor2_0
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    if unused_arch:
-        log.debug("build_tiny ignores %s", sorted(unused_arch))
-    block_out_channels = tuple(int(c) for c in block_out_channels)
-    vae_factor = 2 ** (len(_VAE_WIDTHS) - 1)
-    multiple = vae_factor * 2 ** (len(block_out_channels) - 1)
+    vae_factor = 2 ** (len(arch.vae_widths) - 1)
+    multiple = vae_factor * 2 ** (len(arch.unet_widths) - 1)
     if resolution % multiple:
-        raise ValueError(f"tiny backbone: resolution must be a multiple of {multiple}, got {resolution}")
+        raise ValueError(f"{name} backbone: resolution must be a multiple of {multiple}, got {resolution}")
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
 
@@ -173,34 +201,34 @@ def build_tiny(
             sample_size=resolution // vae_factor,
             in_channels=4,
             out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D",) * (len(block_out_channels) - 1) + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (len(block_out_channels) - 1),
-            block_out_channels=block_out_channels,
-            layers_per_block=layers_per_block,
-            attention_head_dim=_UNET_HEADS,
-            norm_num_groups=math.gcd(8, *block_out_channels),
-            cross_attention_dim=cross_attention_dim,
+            down_block_types=("CrossAttnDownBlock2D",) * (len(arch.unet_widths) - 1) + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (len(arch.unet_widths) - 1),
+            block_out_channels=arch.unet_widths,
+            layers_per_block=arch.layers_per_block,
+            attention_head_dim=arch.unet_heads,
+            norm_num_groups=arch.norm_groups,
+            cross_attention_dim=arch.cross_attention_dim,
         )
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * len(_VAE_WIDTHS),
-            up_block_types=("UpDecoderBlock2D",) * len(_VAE_WIDTHS),
-            block_out_channels=_VAE_WIDTHS,
-            layers_per_block=_VAE_LAYERS_PER_BLOCK,
+            down_block_types=("DownEncoderBlock2D",) * len(arch.vae_widths),
+            up_block_types=("UpDecoderBlock2D",) * len(arch.vae_widths),
+            block_out_channels=arch.vae_widths,
+            layers_per_block=arch.vae_layers_per_block,
             latent_channels=4,
-            norm_num_groups=8,
+            norm_num_groups=min(arch.norm_groups, min(arch.vae_widths)),
             sample_size=resolution,
             scaling_factor=0.18215,
         )
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=CLIP_VOCAB_SIZE,
-                hidden_size=cross_attention_dim,
-                intermediate_size=4 * cross_attention_dim,
-                projection_dim=cross_attention_dim,
-                num_hidden_layers=_TEXT_LAYERS,
-                num_attention_heads=math.gcd(_TEXT_HEADS, cross_attention_dim),
+                hidden_size=arch.cross_attention_dim,
+                intermediate_size=4 * arch.cross_attention_dim,
+                projection_dim=arch.cross_attention_dim,
+                num_hidden_layers=arch.text_layers,
+                num_attention_heads=math.gcd(arch.text_heads, arch.cross_attention_dim),
                 max_position_embeddings=CLIP_CONTEXT_LENGTH,
                 hidden_act="quick_gelu",
                 bos_token_id=49406,
@@ -210,18 +238,8 @@ def build_tiny(
         )
     unet.set_attn_processor(AttnProcessor2_0())
     finalize_modules(unet, vae, text_encoder, device=torch_device, dtype=torch_dtype)
-
-    architecture = {
-        "unet_block_out_channels": list(block_out_channels),
-        "unet_layers_per_block": layers_per_block,
-        "unet_heads": _UNET_HEADS,
-        "cross_attention_dim": cross_attention_dim,
-        "vae_block_out_channels": list(_VAE_WIDTHS),
-        "vae_layers_per_block": _VAE_LAYERS_PER_BLOCK,
-        "text_layers": _TEXT_LAYERS,
-    }
     return Backbone(
-        name="tiny",
+        name=name,
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
@@ -232,15 +250,16 @@ def build_tiny(
         dtype=torch_dtype,
         random_weights=True,
         provenance={
-            "backbone": "tiny",
+            "backbone": name,
             "pretrained": None,
             "revision": None,
             "weights": f"random (seed {seed})",
+            "random_weights": True,
             "seed": seed,
             "dtype": dtype_name(torch_dtype),
             "device": str(torch_device),
             "resolution": resolution,
-            "architecture": architecture,
+            "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(arch).items()},
             "tokenizer": "openai CLIP BPE, built from open_clip's bpe_simple_vocab_16e6.txt.gz",
         },
     )
