@@ -110,11 +110,13 @@ def test_tiny_unet_forward(tiny):
 
 def test_tiny_dtype_and_device_options(tmp_path, monkeypatch):
     monkeypatch.setenv("SEMANTIX_CACHE", str(tmp_path))
-    backbone = build_tiny(dtype="bfloat16", device="auto", name="ignored")
+    backbone = build_tiny(dtype="bfloat16", device="auto")
     assert backbone.dtype == torch.bfloat16 and backbone.unet.dtype == torch.bfloat16
     assert backbone.device == resolve_device("auto")
     with pytest.raises(ValueError, match="multiple of 16"):
         build_tiny(resolution=40)
+    with pytest.raises(TypeError, match="resolutoin"):  # a config typo is an error, not ignored
+        build_tiny(resolutoin=64)
 
 
 # --- Backbone methods -----------------------------------------------------------------------------

@@ -1,0 +1,217 @@
+"""Sampler benchmark: the cost of Semantix relative to plain DDPM sampling with CFG.
+
+Measured in one process, on one demo pair, for each backbone:
+  (a) plain DDPM sampling with classifier-free guidance (batched CFG, as diffusers pipelines do);
+  (b) Semantix with a cold cache: inversion of context and reference, then guided sampling;
+  (c) Semantix with a warm cache: the inversions come from disk; guided sampling only;
+  (d) a gamma sweep of N configs on a warm cache, against the model "N sampling passes + one
+      inversion per image" of the target.
+Per-step times are reported as ratios to (a), measured in the same process (machines are noisy),
+plus absolute seconds labelled with the device. Peak memory: CUDA allocator peak per phase on a
+GPU; on a CPU only the process's peak resident set, once.
+
+    python -m benchmarks.sampler                       # tiny on CPU; + sd15_random at 512 px on CUDA
+    python -m benchmarks.sampler --backbone sd15_random --steps 60
+
+Writes results/benchmarks/sampler-<device>.json. The tiny backbone's numbers measure the harness
+and the algorithm's overhead on a CPU, not SD1.5's cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from semantix import provenance
+from semantix.backbones.tiny import build_sd15_random, build_tiny
+from semantix.data import demo_manifest_path
+from semantix.data.manifest import Manifest
+from semantix.diffusion import DDPMStepper, UNetEpsFn
+from semantix.methods.semantix import Semantix
+from semantix.store import atomic_write_json
+
+TARGETS = {
+    "semantix_step_over_plain_step_max": 3.0,
+    "sweep_over_model_max": 1.0,
+    "h100_512px_60_steps_seconds_per_pair_max": 8.0,
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Phase:
+    """Wall time (synchronised) and CUDA peak memory of a block."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self):
+        _sync(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        _sync(self.device)
+        self.seconds = time.perf_counter() - self.start
+        self.peak_gib = (torch.cuda.max_memory_allocated(self.device) / 2**30
+                         if self.device.type == "cuda" else None)
+
+
+def plain_cfg_sampling(method: Semantix, cond: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Standard DDPM sampling with batched CFG over the same schedule (the baseline (a))."""
+    backbone = method.backbone
+    stepper: DDPMStepper = method.stepper
+    eps_fn = UNetEpsFn(backbone.unet, cond, method.uncond_embedding, method.guidance_scale, batch_cfg=True)
+    shape = (1, backbone.latent_channels, backbone.latent_size, backbone.latent_size)
+    x = torch.randn(shape, generator=generator).to(backbone.device)
+    with torch.no_grad():
+        for i, t in enumerate(stepper.timesteps):
+            eps, _ = eps_fn(x, t)
+            x = stepper.step(x, eps, i, torch.randn(shape, generator=generator).to(backbone.device))
+    return x
+
+
+def bench_backbone(backbone, steps: int, sweep: int, repeats: int) -> dict:
+    device = backbone.device
+    manifest = Manifest.load(demo_manifest_path())
+    sample = manifest.load_sample(next(s for s in manifest.sample_ids if "+" not in s), backbone.resolution)
+    cache_dir = Path(tempfile.mkdtemp(prefix="semantix-bench-cache-"))
+
+    def method(**overrides) -> Semantix:
+        m = Semantix(num_steps=steps, **overrides)
+        m.prepare(backbone, cache_dir)
+        return m
+
+    semantix = method()
+    cond = backbone.encode_prompt([sample.prompt or ""])
+    generator = torch.Generator().manual_seed(0)
+    plain_cfg_sampling(semantix, cond, generator)  # warm-up: kernels, allocator, lazy inits
+
+    plain_times, cold_inversion, cold_sampling, warm_total = [], [], [], []
+    plain_peak = semantix_peak = None
+    for repeat in range(repeats):
+        with Phase(device) as p:
+            plain_cfg_sampling(semantix, cond, generator)
+        plain_times.append(p.seconds)
+        plain_peak = p.peak_gib
+        cold = method(cache_inversions=False)
+        with Phase(device) as p:
+            context = cold._invert(sample.content, None, sample.prompt or "", repeat, "context")
+            reference = cold._invert(sample.reference, None, "", repeat, "reference_0")
+        cold_inversion.append(p.seconds)
+        with Phase(device) as p:
+            cold.sample(context, [reference], cond)
+        cold_sampling.append(p.seconds)
+        semantix_peak = p.peak_gib
+        generator_for_pair = torch.Generator().manual_seed(100 + repeat)
+        semantix(sample, generator_for_pair)  # fills the cache for this seed
+        with Phase(device) as p:
+            warm_context = semantix._invert(sample.content, sample.input_sha256["content"], sample.prompt or "",
+                                            100 + repeat, "context")
+            warm_reference = semantix._invert(sample.reference, sample.input_sha256["reference"], "",
+                                              100 + repeat, "reference_0")
+            semantix.sample(warm_context, [warm_reference], cond)
+        warm_total.append(p.seconds)
+
+    # (d) gamma sweep on a warm cache: N configs, one pair.
+    sweep_generator_seed = 999
+    method()(sample, torch.Generator().manual_seed(sweep_generator_seed))  # inversion, cached
+    with Phase(device) as p:
+        for gamma_ref in torch.linspace(1.0, 6.0, sweep).tolist():
+            method(gamma_ref=gamma_ref)(sample, torch.Generator().manual_seed(sweep_generator_seed))
+    sweep_seconds = p.seconds
+
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    plain_step = median(plain_times) / steps
+    semantix_step = median(cold_sampling) / steps
+    inversion_pair = median(cold_inversion)
+    model = sweep * median(cold_sampling) + inversion_pair
+    result = {
+        "backbone": backbone.name,
+        "weights": backbone.provenance.get("weights"),
+        "resolution": backbone.resolution,
+        "dtype": str(backbone.dtype),
+        "steps": steps,
+        "repeats": repeats,
+        "seconds": {
+            "plain_cfg_step": plain_step,
+            "semantix_sampling_step": semantix_step,
+            "inversion_pair": inversion_pair,
+            "semantix_pair_cold": median(cold_inversion) + median(cold_sampling),
+            "semantix_pair_warm_cache": median(warm_total),
+            f"sweep_{sweep}_configs_warm_cache": sweep_seconds,
+            "sweep_model_n_sampling_plus_one_inversion": model,
+        },
+        "ratios": {
+            "semantix_step_over_plain_step": semantix_step / plain_step,
+            "semantix_pair_cold_over_plain_sampling": (median(cold_inversion) + median(cold_sampling))
+            / median(plain_times),
+            "semantix_pair_warm_over_cold": median(warm_total)
+            / (median(cold_inversion) + median(cold_sampling)),
+            "sweep_over_model": sweep_seconds / model,
+        },
+        "peak_cuda_gib": {"plain_cfg": plain_peak, "semantix_sampling": semantix_peak},
+    }
+    result["targets_met"] = {
+        "semantix_step_over_plain_step": result["ratios"]["semantix_step_over_plain_step"]
+        <= TARGETS["semantix_step_over_plain_step_max"],
+        "sweep_over_model": result["ratios"]["sweep_over_model"] <= TARGETS["sweep_over_model_max"],
+    }
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", choices=["tiny", "sd15_random", "all"], default="all",
+                        help="all: tiny on CPU, plus sd15_random at 512 px when CUDA is available")
+    parser.add_argument("--steps", type=int, default=None, help="default: 20 for tiny, 60 for sd15_random")
+    parser.add_argument("--sweep", type=int, default=3, help="configs in the gamma sweep")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
+    args = parser.parse_args(argv)
+
+    runs = []
+    if args.backbone in ("tiny", "all"):
+        runs.append((build_tiny(), args.steps or 20))
+    if args.backbone == "sd15_random" or (args.backbone == "all" and torch.cuda.is_available()):
+        runs.append((build_sd15_random(), args.steps or 60))
+    device = runs[-1][0].device
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    report = {
+        "benchmark": "sampler",
+        "device": device_name,
+        "device_info": provenance.device_info(),
+        "git": provenance.git_state(),
+        "versions": provenance.package_versions(),
+        "time": provenance.now(),
+        "targets": TARGETS,
+        "results": [bench_backbone(b, steps, args.sweep, args.repeats) for b, steps in runs],
+        "cpu_peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+    for r in report["results"]:
+        if r["backbone"] == "sd15_random" and r["resolution"] == 512 and r["steps"] == 60:
+            r["targets_met"]["h100_512px_60_steps_seconds_per_pair"] = (
+                r["seconds"]["semantix_pair_cold"] <= TARGETS["h100_512px_60_steps_seconds_per_pair_max"]
+                if "H100" in device_name else None
+            )
+    slug = device_name.lower().replace(" ", "-")
+    out = args.out / f"sampler-{slug}.json"
+    atomic_write_json(out, report)
+    print(json.dumps({r["backbone"]: r["ratios"] | {"seconds": r["seconds"]} for r in report["results"]}, indent=2))
+    print(f"-> {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
