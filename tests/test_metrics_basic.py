@@ -89,6 +89,37 @@ def test_colour_distance_identity_disjoint_and_direction():
 
 def test_metrics_declare_direction_comparison_and_range():
     assert GreySSIM.describe() == {"higher_is_better": True, "compares": "output-content",
-                                   "input_range": [0.0, 1.0], "weights": None}
+                                   "input_range": [0.0, 1.0], "weights": None,
+                                   "set_level": False}
     assert ColourHistogramDistance.describe()["higher_is_better"] is False
     assert ColourHistogramDistance.describe()["compares"] == "output-reference"
+
+
+def test_family_converters_shapes_ranges_and_guards():
+    from semantix.metrics import inputs
+
+    image = smooth_image(size=40)
+    clip = inputs.to_clip_input(image)
+    assert clip.shape == (1, 3, 224, 224)
+    # normalised with CLIP statistics: a mid-grey image maps near zero
+    grey = inputs.to_clip_input(torch.full((3, 40, 40), 0.45))
+    assert grey.abs().max() < 0.2
+    lp = inputs.to_lpips_input(image)
+    assert lp.min() >= -1 and lp.max() <= 1 and lp.min() < 0
+    assert torch.equal(inputs.check_lpips_range(lp), lp)
+    with pytest.raises(ValueError, match=r"\[0, 1\] image passed where \[-1, 1\]"):
+        inputs.check_lpips_range(image[None])
+    with pytest.raises(ValueError, match=r"expects inputs in \[-1, 1\]"):
+        inputs.check_lpips_range(image[None] * 255)
+    assert inputs.to_vgg_input(image).shape == (1, 3, 512, 512)
+    assert inputs.to_vgg_input(image, size=None).shape == (1, 3, 40, 40)
+    assert inputs.dino_size(512, 512) == (224, 224)
+    assert inputs.dino_size(300, 1200) == (120, 480)  # long side capped, multiples of 8
+    assert inputs.to_dino_input(torch.rand(3, 100, 200)).shape == (1, 3, 224, 448)
+    u8 = inputs.to_inception_uint8(image)
+    assert u8.dtype == torch.uint8 and int(u8.max()) <= 255
+    assert torch.equal(u8[0].float() / 255, (image * 255).round() / 255)
+    for convert in (inputs.to_clip_input, inputs.to_lpips_input, inputs.to_vgg_input, inputs.to_dino_input,
+                    inputs.to_inception_uint8):
+        with pytest.raises(ValueError, match=r"expects \[0, 1\]"):
+            convert(image * 2 - 1)

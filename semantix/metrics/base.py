@@ -7,6 +7,10 @@
 - `compares`: "output-content" or "output-reference",
 - `input_range`: the range `score` receives (checked in `semantix.metrics.inputs`),
 - `weights`: which pretrained weights it needs, or None.
+
+`SetMetric` is the set-level counterpart (FID, ArtFID): the runner feeds it every finished sample of
+a run once the loop is over (`update(output, sample)` per sample), then stores `compute()` once per
+run in `summary.json`; the leaderboard reports it beside the per-sample means.
 """
 
 from __future__ import annotations
@@ -22,12 +26,28 @@ from semantix.metrics.inputs import check_same_size, check_unit_range
 from semantix.types import Sample
 
 
-class SampleMetric(Metric):
-    is_differentiable = False
-    full_state_update = False
+class DeclaredMetric:
+    """What every metric declares, and how the run records it."""
+
     compares: ClassVar[str]
     input_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     weights: ClassVar[str | None] = None
+
+    @classmethod
+    def describe(cls) -> dict:
+        """What the leaderboard and provenance record about this metric."""
+        return {
+            "higher_is_better": cls.higher_is_better,
+            "compares": cls.compares,
+            "input_range": list(cls.input_range),
+            "weights": cls.weights,
+            "set_level": getattr(cls, "set_level", False),
+        }
+
+
+class SampleMetric(DeclaredMetric, Metric):
+    is_differentiable = False
+    full_state_update = False
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -51,12 +71,15 @@ class SampleMetric(Metric):
     def compute(self) -> torch.Tensor:
         return dim_zero_cat(self.values).mean()
 
-    @classmethod
-    def describe(cls) -> dict:
-        """What the leaderboard and provenance record about this metric."""
-        return {
-            "higher_is_better": cls.higher_is_better,
-            "compares": cls.compares,
-            "input_range": list(cls.input_range),
-            "weights": cls.weights,
-        }
+
+class SetMetric(DeclaredMetric, Metric):
+    """A metric of a whole set of outputs (FID-like): accumulate with `update`, one value from `compute`.
+
+    Subclasses implement `update(output, sample)` and `compute()`, and declare `higher_is_better`,
+    `compares` (e.g. "outputs-references"), `input_range`, `weights`. Inputs pass through
+    `semantix.metrics.inputs` like the per-sample metrics.
+    """
+
+    is_differentiable = False
+    full_state_update = False
+    set_level: ClassVar[bool] = True

@@ -36,3 +36,78 @@ def check_same_size(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
 def to_hwc_numpy(image: torch.Tensor):
     """(3, H, W) in [0, 1] -> (H, W, 3) float64 numpy, for scikit-image."""
     return image.permute(1, 2, 0).double().numpy()
+
+
+# -- per-family converters: (3, H, W) in [0, 1] -> what each network expects ------------------------
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _normalise(batch: torch.Tensor, mean, std) -> torch.Tensor:
+    mean_t = torch.tensor(mean, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
+    return (batch - mean_t) / std_t
+
+
+def _resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(batch.shape[-2:]) == tuple(size):
+        return batch
+    return torch.nn.functional.interpolate(batch, size=size, mode="bicubic", align_corners=False,
+                                           antialias=True).clamp(0.0, 1.0)
+
+
+def to_clip_input(image: torch.Tensor, size: int = 224, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """CLIP: the WHOLE image resized to size x size (no centre crop, which would drop the borders
+    that style lives in too; a deliberate departure from open_clip's preprocessing), CLIP-normalised."""
+    batch = check_unit_range(image, "CLIP input").unsqueeze(0)
+    return _normalise(_resize(batch, (size, size)), mean, std)
+
+
+def to_lpips_input(image: torch.Tensor) -> torch.Tensor:
+    """LPIPS: (1, 3, H, W) in [-1, 1], the range the lpips package expects without normalize=True."""
+    return check_unit_range(image, "LPIPS input").unsqueeze(0) * 2.0 - 1.0
+
+
+def check_lpips_range(batch: torch.Tensor) -> torch.Tensor:
+    """Guard in front of lpips: refuse a batch that is not in [-1, 1] or looks like a [0, 1] image
+    (no negative value at all), the silent score-lowering bug of spec/metrics.md."""
+    low, high = float(batch.min()), float(batch.max())
+    if low < -1.0 - RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
+        raise ValueError(f"LPIPS expects inputs in [-1, 1], got [{low:.3g}, {high:.3g}]")
+    if low >= 0.0:
+        raise ValueError("LPIPS input has no negative value: a [0, 1] image passed where [-1, 1] is expected; "
+                         "convert with semantix.metrics.inputs.to_lpips_input")
+    return batch
+
+
+def to_vgg_input(image: torch.Tensor, size: int | None = 512) -> torch.Tensor:
+    """VGG (CFSD, Gram): resized to size x size (fixed, because CFSD scales with resolution),
+    ImageNet-normalised. size=None keeps the image's own size."""
+    batch = check_unit_range(image, "VGG input").unsqueeze(0)
+    if size is not None:
+        batch = _resize(batch, (size, size))
+    return _normalise(batch, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def dino_size(height: int, width: int, short_side: int = 224, max_side: int = 480, patch: int = 8) -> tuple[int, int]:
+    """Short side to `short_side`, long side capped at `max_side`, both multiples of the patch size."""
+    scale = short_side / min(height, width)
+    scale = min(scale, max_side / max(height, width))
+    return (max(patch, round(height * scale / patch) * patch), max(patch, round(width * scale / patch) * patch))
+
+
+def to_dino_input(image: torch.Tensor, short_side: int = 224, max_side: int = 480, patch: int = 8) -> torch.Tensor:
+    """DINO (structure distance): [0, 1], resized per `dino_size`, ImageNet-normalised (not 0..255:
+    PIE-Bench's structure distance feeds 0..255 and is not comparable with ours)."""
+    batch = check_unit_range(image, "DINO input").unsqueeze(0)
+    return _normalise(_resize(batch, dino_size(*batch.shape[-2:], short_side, max_side, patch)),
+                      IMAGENET_MEAN, IMAGENET_STD)
+
+
+def to_inception_uint8(image: torch.Tensor) -> torch.Tensor:
+    """Inception (FID): (1, 3, H, W) uint8 in 0..255, what torchmetrics' FID takes with normalize=False
+    (its normalize=True path truncates instead of rounding)."""
+    batch = check_unit_range(image, "Inception input").unsqueeze(0)
+    return (batch * 255.0).round().to(torch.uint8)

@@ -1,0 +1,83 @@
+"""One resolver for every metric's pretrained weights, and one cache of the models built from them.
+
+A metric's config has a `weights` key. Its value is one of:
+
+- `random`: the metric's architecture with seeded random weights (the `tiny` preset: offline, every
+  code path real, numbers meaningless);
+- a local path to the weights file (or folder, for transformers models);
+- a source id that the metric's library knows (an open_clip pretrained tag, a hub id). It is used
+  only if the files are already on disk (the library's cache) or the network is allowed; offline
+  and absent, `WeightsNotFoundError` names the config key and the file expected.
+
+Models are shared: `shared_model(key, build)` builds each (architecture, weights, device) once per
+process, so a preset with three CLIP metrics loads one CLIP.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semantix.types import WeightsNotFoundError
+
+RANDOM = "random"
+RANDOM_SEED = 0
+
+_models: dict[tuple, Any] = {}
+_lock = threading.Lock()
+
+
+def offline() -> bool:
+    """True when hubs must not be contacted (HF_HUB_OFFLINE or SEMANTIX_OFFLINE set)."""
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "SEMANTIX_OFFLINE"))
+
+
+def is_random(weights: str | None) -> bool:
+    return weights == RANDOM
+
+
+def torch_hub_checkpoint(filename: str) -> Path:
+    """Where torchvision / torch.hub keep a downloaded checkpoint."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def require_file(config_key: str, weights: str, candidates: list[Path], expected: str, how_to_get: str) -> Path:
+    """The first existing candidate (or `weights` itself as a path); otherwise a clear error.
+
+    `expected` describes the file (name and what it is); `how_to_get` says how to obtain it on a
+    machine with network.
+    """
+    for path in [Path(weights).expanduser(), *candidates]:
+        if path.exists():
+            return path
+    tried = ", ".join(str(p) for p in [Path(weights).expanduser(), *candidates])
+    raise WeightsNotFoundError(
+        f"{config_key}: weights not found (value {weights!r}). Expected {expected}. Tried: {tried}. "
+        f"{how_to_get} Then set {config_key}=/path/to/file, or {config_key}=random for seeded random "
+        "weights (metrics=tiny: code paths only, numbers meaningless)."
+    )
+
+
+def seeded(build: Callable[[], torch.nn.Module], seed: int = RANDOM_SEED) -> torch.nn.Module:
+    """Build a module under a fixed seed without touching the global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def shared_model(key: tuple, build: Callable[[], Any]) -> Any:
+    """`build()` once per `key` per process (key: architecture, weights, device, dtype ...)."""
+    with _lock:
+        if key not in _models:
+            _models[key] = build()
+        return _models[key]
+
+
+def clear_shared_models() -> None:
+    with _lock:
+        _models.clear()
