@@ -62,6 +62,17 @@ METRICS = Registry(
     {
         "ssim_grey": "semantix.metrics.structure:GreySSIM",
         "colour_histogram": "semantix.metrics.colour:ColourHistogramDistance",
+        "clip_style": "semantix.metrics.clip:CLIPStyleSimilarity",
+        "clip_content": "semantix.metrics.clip:CLIPContentSimilarity",
+        "clip_text": "semantix.metrics.clip:CLIPTextScore",
+        "lpips": "semantix.metrics.perceptual:LPIPSDistance",
+        "cfsd": "semantix.metrics.vgg:CFSD",
+        "gram": "semantix.metrics.vgg:GramDistance",
+        "structure_dino": "semantix.metrics.dino:DINOStructureDistance",
+        "dino_appearance": "semantix.metrics.dino:DINOAppearanceSimilarity",
+        "correspondence_colour": "semantix.metrics.dino:CorrespondenceColourError",
+        "fid": "semantix.metrics.fid:FID",
+        "artfid": "semantix.metrics.fid:ArtFID",
     },
 )
 
