@@ -60,6 +60,7 @@ class RunSummary:
     provenance: dict
     metric_info: dict
     records: list[dict]
+    set_metrics: dict  # name -> {"value", "n", ...} from summary.json (FID-like metrics of the whole run)
 
 
 def load_run(run_dir: Path) -> RunSummary | None:
@@ -70,13 +71,15 @@ def load_run(run_dir: Path) -> RunSummary | None:
         return None
     metric_info_path = run_dir / "metrics.json"
     metric_info = json.loads(metric_info_path.read_text()) if metric_info_path.is_file() else {}
+    summary_path = run_dir / "summary.json"
+    set_metrics = json.loads(summary_path.read_text()).get("set_metrics", {}) if summary_path.is_file() else {}
     records = []
     for path in sorted((run_dir / "records").glob("*.json")):
         try:
             records.append(json.loads(path.read_text()))
         except (OSError, ValueError) as e:
             log.warning("skipping unreadable record %s (%s)", path, e)
-    return RunSummary(run_dir, prov, metric_info, records)
+    return RunSummary(run_dir, prov, metric_info, records, set_metrics)
 
 
 def find_runs(runs_root: Path) -> list[RunSummary]:
@@ -110,6 +113,9 @@ def summarise(run: RunSummary) -> dict:
     for name in metric_names:
         values = [r["metrics"][name] for r in ok if name in r.get("metrics", {})]
         row[f"{name}_mean"], row[f"{name}_ci95"] = mean_ci(values)
+    for name, result in sorted(run.set_metrics.items()):
+        row[f"{name}_set"] = result.get("value", math.nan)
+        row[f"{name}_n"] = result.get("n")
     return row
 
 
@@ -134,8 +140,9 @@ def _format(value: float) -> str:
 
 def to_markdown(table: pd.DataFrame, metric_info: dict) -> str:
     metric_names = sorted({c[: -len("_mean")] for c in table.columns if c.endswith("_mean")})
-    header = ["experiment", "dataset", "method", "backbone", "weights", "n", "failed"]
-    for name in metric_names:
+    set_names = sorted({c[: -len("_set")] for c in table.columns if c.endswith("_set")})
+    header = ["experiment", "dataset", "method", "backbone", "weights", "metrics", "n", "failed"]
+    for name in set_names + metric_names:
         direction = metric_info.get(name, {}).get("higher_is_better")
         arrow = {True: " ↑", False: " ↓"}.get(direction, "")
         header.append(f"{name}{arrow}")
@@ -145,9 +152,11 @@ def to_markdown(table: pd.DataFrame, metric_info: dict) -> str:
         if row["weights"].startswith("RANDOM"):
             backbone = f"{backbone} (random weights)"
         cells = [str(row["experiment"]), str(row["dataset"]), str(row["method"]), str(backbone),
-                 str(row["weights"]), str(row["n"]), str(row["n_failed"])]
+                 str(row["weights"]), str(row["metrics_preset"]), str(row["n"]), str(row["n_failed"])]
         if row["n_missing"]:
             cells[-2] += f" ({row['n_missing']} not run)"
+        for name in set_names:
+            cells.append(_format(row.get(f"{name}_set")))
         for name in metric_names:
             mean, half = row.get(f"{name}_mean"), row.get(f"{name}_ci95")
             cell = _format(mean)
@@ -158,7 +167,8 @@ def to_markdown(table: pd.DataFrame, metric_info: dict) -> str:
     notes = [
         "",
         "Values: mean ± half-width of the 95% Student-t confidence interval over samples "
-        "(empty when fewer than 2 samples). ↑ higher is better, ↓ lower is better.",
+        "(empty when fewer than 2 samples); set-level metrics (FID, ArtFID) are one value per run, "
+        "over its finished samples (`<name>_n` in the CSV). ↑ higher is better, ↓ lower is better.",
         "Rows on the `tiny` backbone (random weights) exercise the code and say nothing about quality.",
     ]
     return "\n".join(lines + notes) + "\n"

@@ -145,8 +145,11 @@ class Runner:
         self.labels = labels
         self.logger = logger
         self.dataset = instantiate(cfg.dataset)
-        self.metrics = {name: instantiate(mcfg) for name, mcfg in cfg.metrics.items()}
+        built = {name: instantiate(mcfg) for name, mcfg in cfg.metrics.items()}
         self.metric_hashes = {name: stable_hash(_container(mcfg)) for name, mcfg in cfg.metrics.items()}
+        # Per-sample metrics score each output as it is made; set-level ones (FID) run once per run.
+        self.metrics = {n: m for n, m in built.items() if not getattr(m, "set_level", False)}
+        self.set_metrics = {n: m for n, m in built.items() if getattr(m, "set_level", False)}
         self.runs: list[MethodRun] = []
         for label, mcfg in cfg.method.items():
             if "_target_" not in mcfg:
@@ -172,7 +175,7 @@ class Runner:
         store = run.store
         store.write_text("config.yaml", OmegaConf.to_yaml(self._run_config(run.label), resolve=True))
         described = store.read_json("metrics.json")
-        for name, metric in self.metrics.items():
+        for name, metric in {**self.metrics, **self.set_metrics}.items():
             described[name] = {
                 **metric.describe(),
                 "config": _container(self.cfg.metrics[name]),
@@ -334,8 +337,36 @@ class Runner:
         log.warning("%s / %s failed at %s: %s: %s", run.label, sample_id, error["stage"], error["type"],
                     error["message"])
 
+    def _score_sets(self, run: MethodRun) -> None:
+        """Set-level metrics over every finished sample of the run, skipped when nothing changed."""
+        ok = sorted((r for r in run.store.records() if r["status"] == "ok"), key=lambda r: r["sample_id"])
+        records_hash = stable_hash([(r["sample_id"], r["image_sha256"]) for r in ok])
+        summary = run.store.read_json("summary.json")
+        stored = summary.get("set_metrics", {})
+        for name, metric in self.set_metrics.items():
+            previous = stored.get(name, {})
+            if previous.get("records_hash") == records_hash and previous.get("config_hash") == self.metric_hashes[name]:
+                continue
+            metric.reset()
+            try:
+                for record in ok:
+                    metric.update(run.store.load_image(record), self.dataset.load_sample(record["sample_id"]))
+                value = float(metric.compute())
+            except Exception as e:  # noqa: BLE001 - a set metric failing leaves the per-sample results intact
+                log.warning("%s: set metric %s failed: %s: %s", run.label, name, type(e).__name__, e)
+                run.errors.append(f"set metric {name}: {type(e).__name__}: {e}")
+                stored[name] = {"error": f"{type(e).__name__}: {e}", "config_hash": self.metric_hashes[name]}
+                continue
+            details = metric.details() if hasattr(metric, "details") else {}
+            stored[name] = {"value": value, "n": len(ok), **details, "records_hash": records_hash,
+                            "config_hash": self.metric_hashes[name]}
+        summary["set_metrics"] = stored
+        run.store.write_json("summary.json", summary)
+
     def _finish(self) -> None:
         for run in self.runs:
+            if self.set_metrics:
+                self._score_sets(run)
             prov = run.store.read_json("provenance.json")
             prov["invocations"][-1].update(
                 {"end": provenance.now(), "ok": run.ok, "failed": run.failed, "skipped": run.skipped,

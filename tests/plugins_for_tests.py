@@ -7,6 +7,7 @@ import time
 import torch
 
 from semantix.methods.base import Method
+from semantix.metrics.base import SetMetric
 from semantix.types import MethodOutput, Sample
 
 CALLS: list[str] = []
@@ -41,3 +42,27 @@ class FailsOn(Method):
 class WrongShape(Method):
     def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
         return MethodOutput(image=torch.zeros(3, 8, 8))
+
+
+class MeanBrightnessGap(SetMetric):
+    """|mean brightness of all outputs - mean brightness of all references|: a set metric with a known answer."""
+
+    higher_is_better = False
+    compares = "outputs-references"
+    UPDATES: list[str] = []
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("outputs", default=[], dist_reduce_fx="cat")
+        self.add_state("references", default=[], dist_reduce_fx="cat")
+
+    def update(self, output, sample):
+        MeanBrightnessGap.UPDATES.append(sample.sample_id)
+        self.outputs.append(output.mean().reshape(1))
+        self.references.append(torch.stack([r.mean() for r in sample.references]))
+
+    def compute(self):
+        return (torch.cat(self.outputs).mean() - torch.cat(self.references).mean()).abs()
+
+    def details(self):
+        return {"n_references": int(sum(r.numel() for r in self.references))}

@@ -133,3 +133,17 @@ def test_bad_data_fails_each_sample_with_its_reason_others_finish(tmp_path):
         assert record["error"]["stage"] == "load"
         assert re.search(words, record["error"]["message"], re.IGNORECASE), (sid, record["error"]["message"])
     assert json.loads((run_dirs(results)[0] / "provenance.json").read_text())["invocations"][-1]["failed"] == 10
+
+
+def test_gamma_sweep_multirun_shares_inversions_across_jobs(tmp_path):
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    out = run_cli(["semantix-bench", "-m", "experiment=semantix_gamma_sweep", "backbone=tiny", "dataset=demo",
+                   "dataset.limit=1", "method.semantix.num_steps=3", "method.semantix.adain_start_step=1",
+                   "method.semantix.gamma_ref=1.0,6.0", "method.semantix.gamma_c=0.9",
+                   f"paths.cache_dir={cache}", f"paths.results_dir={results}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    dirs = run_dirs(results)
+    assert len(dirs) == 2 and all(d.parts[-4] == "semantix_gamma_sweep" for d in dirs)
+    images = {RunStore(d).records()[0]["image_sha256"] for d in dirs}
+    assert len(images) == 2  # the two gammas give two different outputs ...
+    assert len(list(cache.rglob("*.pt"))) == 2  # ... from one context and one reference inversion

@@ -137,3 +137,37 @@ def test_same_seed_same_output_different_seed_differs(small_dataset, tmp_path):
     sha = lambda records: sorted((r["sample_id"], r["image_sha256"]) for r in records)  # noqa: E731
     assert sha(a) == sha(b)
     assert sha(a) != sha(c)
+
+
+def test_set_metric_scored_once_per_run_and_reported(small_dataset, tmp_path):
+    import pandas as pd
+
+    from semantix.data.images import open_image, to_tensor
+    from semantix.leaderboard import write_leaderboard
+    from semantix.store import load_png
+
+    gap = "+metrics.brightness_gap={_target_: plugins_for_tests.MeanBrightnessGap}"
+    overrides = [*manifest_overrides(small_dataset), "method=reinhard", gap]
+    plugins_for_tests.MeanBrightnessGap.UPDATES.clear()
+    run = run_job(overrides, tmp_path / "r").runs[0]
+    assert len(plugins_for_tests.MeanBrightnessGap.UPDATES) == 4
+    summary = json.loads((run.run_dir / "summary.json").read_text())["set_metrics"]["brightness_gap"]
+    # Independent answer from the stored images and the input files.
+    records = RunStore(run.run_dir).records()
+    outputs = [float(load_png(run.run_dir / r["image"]).mean()) for r in records]
+    dataset_root = small_dataset.parent
+    refs = []
+    for r in records:
+        row = r["sample_id"]
+        names = {"content_0__style_0": ["style_0"], "content_1__style_1": ["style_1"],
+                 "content_2__style_0": ["style_0"], "content_0__multi": ["style_0", "style_1"]}[row]
+        refs += [float(to_tensor(open_image(dataset_root / f"{n}.png"), 64).mean()) for n in names]
+    assert summary["value"] == pytest.approx(abs(sum(outputs) / 4 - sum(refs) / len(refs)), abs=1e-6)
+    assert summary["n"] == 4 and summary["n_references"] == 5
+    # Nothing changed: the next run does not recompute it.
+    run_job(overrides, tmp_path / "r")
+    assert len(plugins_for_tests.MeanBrightnessGap.UPDATES) == 4
+    table = write_leaderboard(tmp_path / "r" / "runs", tmp_path / "lb.csv", tmp_path / "lb.md")
+    assert table.loc[0, "brightness_gap_set"] == pytest.approx(summary["value"])
+    assert "brightness_gap ↓" in (tmp_path / "lb.md").read_text()
+    assert pd.read_csv(tmp_path / "lb.csv").loc[0, "brightness_gap_n"] == 4

@@ -1,0 +1,46 @@
+"""CUDA paths (run with `pytest -m gpu` on a machine with a GPU; deselected by default)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from semantix.backbones.tiny import build_sd15_random, build_tiny
+from semantix.data import demo_manifest_path
+from semantix.data.manifest import Manifest
+from semantix.methods.semantix import Semantix
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def _needs_cuda():
+    if not torch.cuda.is_available():
+        pytest.fail("the gpu tests need CUDA: run them on a GPU machine (pytest -m gpu)")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_semantix_half_precision_on_cuda_matches_float32_closely(tmp_path, dtype):
+    manifest = Manifest.load(demo_manifest_path())
+    sample = manifest.load_sample(manifest.sample_ids[0], 64)
+    outputs = {}
+    for precision in ("float32", dtype):
+        method = Semantix(num_steps=10, adain_start_step=3)
+        method.prepare(build_tiny(device="cuda", dtype=precision), tmp_path / precision)
+        outputs[precision] = method(sample, torch.Generator().manual_seed(0))
+        assert torch.isfinite(outputs[precision].image).all()
+        assert all(g == g for g in outputs[precision].diagnostics["grad_norm"])  # no NaN
+    assert (outputs["float32"].image - outputs[dtype].image).abs().mean() < 0.05
+
+
+def test_sd15_architecture_step_fits_and_runs_at_512(tmp_path):
+    backbone = build_sd15_random(device="cuda")
+    assert backbone.dtype == torch.float16
+    manifest = Manifest.load(demo_manifest_path())
+    sample = manifest.load_sample(manifest.sample_ids[0], 512)
+    method = Semantix(num_steps=4, adain_start_step=2)
+    method.prepare(backbone, tmp_path)
+    torch.cuda.reset_peak_memory_stats()
+    out = method(sample, torch.Generator().manual_seed(0))
+    assert out.image.shape == (3, 512, 512) and torch.isfinite(out.image).all()
+    assert torch.cuda.max_memory_allocated() < 40 * 2**30
