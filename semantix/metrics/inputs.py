@@ -66,20 +66,14 @@ def to_clip_input(image: torch.Tensor, size: int = 224, mean=CLIP_MEAN, std=CLIP
 
 
 def to_lpips_input(image: torch.Tensor) -> torch.Tensor:
-    """LPIPS: (1, 3, H, W) in [-1, 1], the range the lpips package expects without normalize=True."""
+    """LPIPS: (1, 3, H, W) in [-1, 1], the range the lpips package expects without normalize=True.
+
+    The lpips network accepts a [0, 1] tensor without complaint and silently scores it lower (the
+    pitfall of spec/metrics.md). So nothing calls the network with a raw tensor: the one LPIPS
+    wrapper (`perceptual.LPIPSNetwork`) takes harness images, checked to be in [0, 1], and converts
+    them here.
+    """
     return check_unit_range(image, "LPIPS input").unsqueeze(0) * 2.0 - 1.0
-
-
-def check_lpips_range(batch: torch.Tensor) -> torch.Tensor:
-    """Guard in front of lpips: refuse a batch that is not in [-1, 1] or looks like a [0, 1] image
-    (no negative value at all), the silent score-lowering bug of spec/metrics.md."""
-    low, high = float(batch.min()), float(batch.max())
-    if low < -1.0 - RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
-        raise ValueError(f"LPIPS expects inputs in [-1, 1], got [{low:.3g}, {high:.3g}]")
-    if low >= 0.0:
-        raise ValueError("LPIPS input has no negative value: a [0, 1] image passed where [-1, 1] is expected; "
-                         "convert with semantix.metrics.inputs.to_lpips_input")
-    return batch
 
 
 def to_vgg_input(image: torch.Tensor, size: int | None = 512) -> torch.Tensor:

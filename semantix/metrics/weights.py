@@ -37,6 +37,13 @@ def offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "SEMANTIX_OFFLINE"))
 
 
+def metric_device(device: str | None = "auto") -> str:
+    """Where a metric's network runs: "auto" (or None) is CUDA when available, else the CPU."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
 def is_random(weights: str | None) -> bool:
     return weights == RANDOM
 
@@ -47,15 +54,18 @@ def torch_hub_checkpoint(filename: str) -> Path:
 
 
 def require_file(config_key: str, weights: str, candidates: list[Path], expected: str, how_to_get: str) -> Path:
-    """The first existing candidate (or `weights` itself as a path); otherwise a clear error.
+    """The weights file, or a clear error.
 
-    `expected` describes the file (name and what it is); `how_to_get` says how to obtain it on a
-    machine with network.
+    `candidates`: where a named source (e.g. "torchvision") keeps its file; when empty, `weights`
+    itself is the path. (A named source is never read as a path, so a folder called "torchvision" in
+    the working directory cannot be mistaken for the checkpoint.) `expected` describes the file;
+    `how_to_get` says how to obtain it on a machine with network.
     """
-    for path in [Path(weights).expanduser(), *candidates]:
+    paths = candidates or [Path(weights).expanduser()]
+    for path in paths:
         if path.exists():
             return path
-    tried = ", ".join(str(p) for p in [Path(weights).expanduser(), *candidates])
+    tried = ", ".join(str(p) for p in paths)
     raise WeightsNotFoundError(
         f"{config_key}: weights not found (value {weights!r}). Expected {expected}. Tried: {tried}. "
         f"{how_to_get} Then set {config_key}=/path/to/file, or {config_key}=random for seeded random "

@@ -1,0 +1,360 @@
+"""Set-level metrics: FID and ArtFID of a run's outputs against the style references.
+
+FID: Heusel, Ramsauer, Unterthiner, Nessler, Hochreiter, "GANs Trained by a Two Time-Scale Update Rule
+Converge to a Local Nash Equilibrium", NeurIPS 2017. The Fréchet distance between Gaussians fitted to
+Inception-v3 pool features of two sets,
+    ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)),
+computed by torchmetrics' `FrechetInceptionDistance` (2048-d pool features by default). Lower is better.
+
+The two sets (compares "outputs-references"): every output of the run, against the set of the run's
+style references, the usual "generated set vs style set" protocol. A reference that recurs across
+samples (one style image paired with several contents) counts ONCE: references are deduplicated by a
+content hash (sha256 of the 8-bit image Inception sees), within one process and since the last
+`reset()`. Outputs are never deduplicated: each is a sample of the method.
+
+Input convention: harness images, (3, H, W) float in [0, 1], converted by
+`semantix.metrics.inputs.to_inception_uint8` to uint8 0..255 (rounded) and passed with
+`normalize=False`: torchmetrics' `normalize=True` path truncates (`(x * 255).byte()`) instead of
+rounding. The standard Inception resizes every image to 299 x 299 internally (torchmetrics' default
+antialiased bilinear resize, not torch-fidelity's TensorFlow-1 compatible one, so values differ
+slightly from torch-fidelity's or clean-fid's numbers on the same images).
+
+Weights of the standard Inception (config key `metrics.fid.weights`, for ArtFID
+`metrics.artfid.inception_weights`):
+
+- `torch-fidelity` (default): torch-fidelity's port of the TensorFlow FID Inception,
+  `weights-inception-2015-12-05-6726825d.pth`, used only if already on disk where
+  torch-fidelity/torchmetrics download it (`torch.hub.load_state_dict_from_url`'s folder,
+  `$TORCH_HOME/hub/checkpoints`); it is then loaded by path (`feature_extractor_weights_path`), so
+  nothing is ever downloaded;
+- a local path to that file;
+- `random`: the SAME architecture (torchmetrics' `NoTrainInceptionV3`, i.e. torch-fidelity's
+  `FeatureExtractorInceptionV3`) built without loading any checkpoint, with seeded He-normal
+  (fan-in, ReLU) conv weights and BatchNorm at its identity initialisation, so that activations keep
+  their scale through the network in eval mode (PyTorch's default init shrinks the pool features to
+  ~1e-8). Numbers are meaningless; every code path is real.
+
+`feature` picks the torchmetrics feature layer (64, 192, 768 or 2048). 2048 is FID; the smaller
+layers exist for fast tests with random weights and give numbers comparable with nothing else.
+
+Small-N bias: FID is biased upwards for small sets (Chong and Forsyth, "Effectively Unbiased FID and
+Inception Score and Where to Find Them", CVPR 2020), so the number of outputs and of distinct
+references is reported beside the value (`details()`, stored by the runner in summary.json); compare
+FIDs only at equal N. Feature networks are shared process-wide (`shared_model`) and are not child
+modules of the metric: build the metric on its `device` rather than moving it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torchvision
+from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
+from torchmetrics.utilities import dim_zero_cat
+
+from semantix.metrics.base import SetMetric
+from semantix.metrics.inputs import check_same_size, to_inception_uint8
+from semantix.metrics.perceptual import LPIPSNetwork, shared_lpips
+from semantix.metrics.weights import (
+    is_random,
+    metric_device,
+    require_file,
+    seeded,
+    shared_model,
+    torch_hub_checkpoint,
+)
+from semantix.types import Sample
+
+TORCH_FIDELITY = "torch-fidelity"
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+FEATURE_LAYERS = (64, 192, 768, 2048)
+
+ART = "art"
+ART_INCEPTION_FILE = "art_inception.pth"
+ART_INCEPTION_REPO = "matthias-wright/art_inception"
+# art-fid's checkpoint carries two classification heads and their auxiliary heads; only the trunk is used.
+ART_HEADS = ("fc1.", "fc2.", "AuxLogits1.", "AuxLogits2.")
+# The smallest input torchvision's Inception3 accepts (its stride-2 valid convolutions run out of pixels).
+INCEPTION_MIN_SIZE = 75
+
+TORCHVISION = "torchvision"
+
+
+# -- the standard Inception ------------------------------------------------------------------------
+class _UnloadedInceptionV3(NoTrainInceptionV3):
+    """torchmetrics' `NoTrainInceptionV3` that keeps its fresh initialisation.
+
+    torch-fidelity's constructor always loads a checkpoint (downloading one when given no path); this
+    class is given a checkpoint holding `None` and skips loading it, so no file is needed.
+    """
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if state_dict is None:
+            return None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def random_inception(feature: int) -> torch.nn.Module:
+    """The torchmetrics/torch-fidelity Inception-v3 with He-normal conv weights from the current RNG."""
+    empty = io.BytesIO()
+    torch.save(None, empty)
+    empty.seek(0)
+    network = _UnloadedInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
+                                   feature_extractor_weights_path=empty)
+    for module in network.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return network
+
+
+def inception_file(weights: str, config_key: str) -> Path:
+    """torch-fidelity's FID Inception checkpoint for `weights` ("torch-fidelity" or a path)."""
+    return require_file(
+        config_key, weights, [torch_hub_checkpoint(INCEPTION_FILE)] if weights == TORCH_FIDELITY else [],
+        expected=f"torch-fidelity's FID Inception-v3 state dict {INCEPTION_FILE}",
+        how_to_get=f"On a machine with network, `torch_fidelity.calculate_metrics(..., fid=True)` or torchmetrics' "
+                   f"FrechetInceptionDistance() downloads it from {INCEPTION_URL} into "
+                   f"{torch_hub_checkpoint(INCEPTION_FILE).parent}; copy it there or anywhere.",
+    )
+
+
+def standard_inception(source: str, feature: int) -> torch.nn.Module:
+    """torchmetrics' Inception feature extractor: `source` is "random" or the checkpoint's path."""
+    if is_random(source):
+        return seeded(lambda: random_inception(feature))
+    return NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
+                              feature_extractor_weights_path=source)
+
+
+# -- the art-trained Inception of art-fid ----------------------------------------------------------
+class ArtInceptionFeatures(torch.nn.Module):
+    """art-fid's feature extractor: torchvision's Inception3 trunk, 2048-d average-pool features.
+
+    art-fid (Wright and Ommer; `pip install art-fid`, art_fid/inception.py) uses a copy of torchvision's
+    `Inception3` with two classification heads (`fc1`, `fc2`, and `AuxLogits1/2`), `transform_input=False`,
+    and takes `model(batch, return_features=True)`: the pooled 2048-d vector before the heads. Its
+    images are `ToTensor()` of the files: [0, 1] floats at their own size, neither resized nor
+    normalised. This module reproduces that from our uint8 input (x / 255), without resizing.
+    """
+
+    num_features = 2048
+
+    def __init__(self, trunk: torchvision.models.Inception3):
+        super().__init__()
+        self.trunk = trunk.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ArtInceptionFeatures:
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if min(images.shape[-2:]) < INCEPTION_MIN_SIZE:
+            raise ValueError(
+                f"art Inception: images of {tuple(images.shape[-2:])} px; art-fid feeds images at their own "
+                f"size and Inception-v3 needs at least {INCEPTION_MIN_SIZE} px a side"
+            )
+        return self.trunk(images.float() / 255.0)
+
+
+def art_inception(state: dict[str, torch.Tensor]) -> ArtInceptionFeatures:
+    """`ArtInceptionFeatures` from art-fid's state dict (its heads dropped; the trunk loaded strictly)."""
+    trunk = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
+    trunk.fc = torch.nn.Identity()
+    trunk.load_state_dict({k: v for k, v in state.items() if not k.startswith(ART_HEADS)})
+    return ArtInceptionFeatures(trunk)
+
+
+def art_inception_candidates() -> list[Path]:
+    """Where art_inception.pth may already be: art-fid's own download folder, the Hugging Face cache
+    (repo matthias-wright/art_inception), the torch hub checkpoints folder."""
+    from huggingface_hub import try_to_load_from_cache
+
+    candidates = [Path(tempfile.gettempdir()) / "art_fid" / ART_INCEPTION_FILE]
+    cached = try_to_load_from_cache(ART_INCEPTION_REPO, ART_INCEPTION_FILE)
+    if isinstance(cached, str):  # otherwise None (not cached) or a "known not to exist" marker
+        candidates.append(Path(cached))
+    return [*candidates, torch_hub_checkpoint(ART_INCEPTION_FILE)]
+
+
+def checkpoint_kind(state: dict[str, torch.Tensor], path: Path, config_key: str) -> str:
+    """"standard" for torch-fidelity's Inception (an `fc` head of 1008 classes), "art" for art-fid's
+    checkpoint (heads `fc1`/`fc2`); anything else is refused rather than mislabelled."""
+    fc = state.get("fc.weight")
+    if fc is not None and fc.shape[0] == 1008:
+        return "standard"
+    if "fc1.weight" in state:
+        return ART
+    raise ValueError(
+        f"{config_key}: {path} is neither torch-fidelity's FID Inception ({INCEPTION_FILE}, an `fc` head of "
+        f"1008 classes) nor art-fid's {ART_INCEPTION_FILE} (heads `fc1`/`fc2`)"
+    )
+
+
+class SharedFeatures(torch.nn.Module):
+    """What `FrechetInceptionDistance(feature=...)` calls: the process-wide feature network for `key`,
+    built by `build` on first use, run on its device. It owns no parameters, so moving or saving the
+    metric leaves the shared network alone."""
+
+    def __init__(self, key: tuple, build: Callable[[], torch.nn.Module], num_features: int, device: str):
+        super().__init__()
+        self.key = key
+        self.build = build
+        self.num_features = num_features
+        self.model_device = device
+        self.network()  # built now, so that missing weights fail when the run starts
+
+    def network(self) -> torch.nn.Module:
+        return shared_model(self.key, lambda: self.build().to(self.model_device))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network()(images.to(self.model_device))
+
+
+# -- the metrics -----------------------------------------------------------------------------------
+class FID(SetMetric):
+    """Fréchet Inception Distance of the run's outputs vs its distinct style references; lower is better.
+
+    `weights`: "torch-fidelity" | a path to its checkpoint | "random" (module docstring);
+    `feature`: the Inception layer (2048 = FID); `device`: where Inception runs (default: CUDA if
+    available). `compute()` gives the value; `details()` gives it with the set sizes and the Inception.
+    """
+
+    higher_is_better = False
+    compares = "outputs-references"
+    weights = f"torch-fidelity FID Inception-v3 ({INCEPTION_FILE})"
+    config_key: ClassVar[str] = "metrics.fid.weights"
+
+    def __init__(self, weights: str = TORCH_FIDELITY, feature: int = 2048, device: str = "auto", **kwargs):
+        super().__init__(**kwargs)
+        if feature not in FEATURE_LAYERS:
+            raise ValueError(f"feature must be one of {FEATURE_LAYERS}, got {feature}")
+        self.model_device = metric_device(device)
+        self.inception_kind, key, build = self._inception(weights, feature)
+        features = SharedFeatures(key, build, feature, self.model_device)
+        self.frechet = FrechetInceptionDistance(feature=features, normalize=False).to(self.model_device)
+        self.reference_hashes: set[tuple] = set()
+
+    def _inception(self, weights: str, feature: int) -> tuple[str, tuple, Callable[[], torch.nn.Module]]:
+        """("standard" | "random", shared_model key, builder) for the standard Inception."""
+        source = weights if is_random(weights) else str(inception_file(weights, self.config_key))
+        kind = "random" if is_random(weights) else "standard"
+        return kind, ("inception", source, feature, self.model_device), lambda: standard_inception(source, feature)
+
+    def update(self, output: torch.Tensor, sample: Sample) -> None:
+        self.frechet.update(to_inception_uint8(output), real=False)
+        for reference in sample.references:
+            image = to_inception_uint8(reference)
+            digest = (tuple(image.shape), hashlib.sha256(image.cpu().numpy().tobytes()).hexdigest())
+            if digest not in self.reference_hashes:
+                self.reference_hashes.add(digest)
+                self.frechet.update(image, real=True)
+
+    def set_sizes(self) -> dict[str, int]:
+        return {"n_outputs": int(self.frechet.fake_features_num_samples),
+                "n_references": int(self.frechet.real_features_num_samples)}
+
+    def fid(self) -> torch.Tensor:
+        sizes = self.set_sizes()
+        if min(sizes.values()) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs at least 2 outputs and 2 distinct references; got {sizes}"
+            )
+        return self.frechet.compute()
+
+    def compute(self) -> torch.Tensor:
+        return self.fid()
+
+    def details(self) -> dict:
+        """{"fid", "n_outputs", "n_references", "inception", "feature"}: what summary.json stores."""
+        return {"fid": float(self.fid()), **self.set_sizes(), "inception": self.inception_kind,
+                "feature": self.frechet.inception.num_features}
+
+    def reset(self) -> None:
+        super().reset()
+        self.frechet.reset()
+        self.reference_hashes.clear()
+
+
+class ArtFID(FID):
+    """ArtFID = (1 + mean LPIPS(output, content)) x (1 + FID(outputs, references)); lower is better.
+
+    Wright and Ommer, "ArtFID: Quantitative Evaluation of Neural Style Transfer", GCPR 2022; the
+    reference code is art-fid (github.com/matthias-wright/art-fid, `pip install art-fid`).
+
+    - FID: as `FID` (same sets, reference deduplication and uint8 input), with the Inception chosen by
+      `inception_weights`:
+        * "art": art-fid's art-trained Inception, `art_inception.pth` (Hugging Face repo
+          matthias-wright/art_inception), found in art-fid's download folder (<tempdir>/art_fid), the
+          Hugging Face cache or the torch hub checkpoints folder; never downloaded;
+        * a path to a checkpoint: art-fid's `art_inception.pth` (recognised by its `fc1`/`fc2` heads),
+          or torch-fidelity's FID Inception;
+        * "torch-fidelity" (default) or "random": the standard Inception, as `FID`.
+      With the art Inception, images go in as art-fid feeds them: [0, 1], at their own size (at least
+      75 px), no normalisation (`ArtInceptionFeatures`); with the standard one, resized to 299.
+      `details()["inception"]` says which was used: "art" | "standard" | "random".
+      This is plain FID at the run's N (reported). art-fid's default mode, ArtFID_inf, fits FID_N
+      against 1/N for N from 5000 up to the set size and extrapolates to N = infinity; with fewer than
+      5000 images every FID_N takes the whole set, so it degenerates to plain FID anyway.
+    - LPIPS: the lpips package, v0.1, AlexNet (as art-fid's `image_metrics.LPIPS`), output vs content at
+      their own size, inputs in [-1, 1] (`to_lpips_input`); the mean over outputs. `lpips_weights`:
+      "torchvision" | a path to torchvision's AlexNet checkpoint | "random" (see `perceptual.build_lpips`).
+    """
+
+    compares = "outputs-references+output-content"
+    weights = (f"Inception: art-fid's {ART_INCEPTION_FILE} when configured, else torch-fidelity's {INCEPTION_FILE}; "
+               "LPIPS: lpips v0.1 AlexNet (torchvision alexnet-owt-7be5be79.pth)")
+    config_key = "metrics.artfid.inception_weights"
+    lpips_config_key: ClassVar[str] = "metrics.artfid.lpips_weights"
+
+    def __init__(self, inception_weights: str = TORCH_FIDELITY, lpips_weights: str = TORCHVISION,
+                 feature: int = 2048, device: str = "auto", **kwargs):
+        super().__init__(weights=inception_weights, feature=feature, device=device, **kwargs)
+        self.lpips_weights = lpips_weights
+        self.add_state("lpips_values", default=[], dist_reduce_fx="cat")
+        self.lpips_model()  # built now, so that missing weights fail when the run starts
+
+    def _inception(self, weights: str, feature: int) -> tuple[str, tuple, Callable[[], torch.nn.Module]]:
+        if is_random(weights) or weights == TORCH_FIDELITY:
+            return super()._inception(weights, feature)
+        path = require_file(
+            self.config_key, weights, art_inception_candidates() if weights == ART else [],
+            expected=f"art-fid's {ART_INCEPTION_FILE} (Hugging Face {ART_INCEPTION_REPO}) or torch-fidelity's "
+                     f"{INCEPTION_FILE}",
+            how_to_get=f"On a machine with network, `huggingface-cli download {ART_INCEPTION_REPO} "
+                       f"{ART_INCEPTION_FILE}` fetches art-fid's checkpoint.",
+        )
+        # Read to tell the two layouts apart; the builder reads it again, so it is not kept in memory.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if checkpoint_kind(state, path, self.config_key) == "standard":
+            return super()._inception(str(path), feature)
+        if feature != ArtInceptionFeatures.num_features:
+            raise ValueError(f"the art Inception gives 2048-d features only, got feature={feature}")
+        return ART, ("art_inception", str(path), self.model_device), lambda: art_inception(
+            torch.load(path, map_location="cpu", weights_only=True))
+
+    def lpips_model(self) -> LPIPSNetwork:
+        """The same shared LPIPS network as the `lpips` metric (one model per weights and device)."""
+        return shared_lpips("alex", self.lpips_weights, self.model_device, self.lpips_config_key)
+
+    def update(self, output: torch.Tensor, sample: Sample) -> None:
+        # Range checks happen in the LPIPS network and the Inception converter.
+        check_same_size(output, sample.content, "ArtFID LPIPS")
+        self.lpips_values.append(self.lpips_model()(output, sample.content).reshape(1).float())
+        super().update(output, sample)
+
+    def mean_lpips(self) -> torch.Tensor:
+        return dim_zero_cat(self.lpips_values).mean()
+
+    def compute(self) -> torch.Tensor:
+        return (1.0 + self.mean_lpips()) * (1.0 + self.fid().cpu())
+
+    def details(self) -> dict:
+        """{"artfid", "fid", "lpips", "n_outputs", "n_references", "inception", "feature", "fid_estimator"}."""
+        return {"artfid": float(self.compute()), **super().details(), "lpips": float(self.mean_lpips()),
+                "fid_estimator": "plain FID at N (not art-fid's FID_inf)"}
