@@ -171,3 +171,20 @@ def test_set_metric_scored_once_per_run_and_reported(small_dataset, tmp_path):
     assert table.loc[0, "brightness_gap_set"] == pytest.approx(summary["value"])
     assert "brightness_gap ↓" in (tmp_path / "lb.md").read_text()
     assert pd.read_csv(tmp_path / "lb.csv").loc[0, "brightness_gap_n"] == 4
+
+
+def test_tiny_metric_preset_end_to_end(tmp_path):
+    """metrics=tiny: every metric's real code path (random weights), per-sample and set-level."""
+    run = run_job(["dataset=demo", "dataset.limit=3", "method=reinhard", "metrics=tiny"], tmp_path / "r").runs[0]
+    assert (run.ok, run.failed) == (3, 0), run.errors
+    per_sample = {"lpips", "cfsd", "clip_style", "clip_content", "gram", "structure_dino", "dino_appearance",
+                  "colour_histogram", "correspondence_colour", "ssim_grey"}
+    for record in RunStore(run.run_dir).records():
+        assert set(record["metrics"]) == per_sample
+        assert all(v == v for v in record["metrics"].values())  # no NaN
+    summary = json.loads((run.run_dir / "summary.json").read_text())["set_metrics"]
+    assert summary["fid"]["n_outputs"] == 3 and summary["fid"]["inception"] == "random"
+    assert summary["artfid"]["value"] == pytest.approx((1 + summary["artfid"]["lpips"]) * (1 + summary["artfid"]["fid"]),
+                                                      rel=1e-5)
+    described = json.loads((run.run_dir / "metrics.json").read_text())
+    assert described["fid"]["set_level"] is True and described["lpips"]["higher_is_better"] is False
