@@ -15,6 +15,7 @@ to [-1, 1]; after 20 denoising steps, AdaIN of the output latents to the referen
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -171,7 +172,7 @@ class Semantix(Method):
         key = {
             "kind": "semantix-inversion",
             "backbone": self.backbone.provenance,
-            "image_sha256": image_sha256 or stable_hash(image.numpy().tobytes().hex(), length=64),
+            "image_sha256": image_sha256 or hashlib.sha256(image.numpy().tobytes()).hexdigest(),
             "resolution": tuple(image.shape[-2:]),
             "num_steps": self.num_steps,
             "guidance_scale": self.guidance_scale,
