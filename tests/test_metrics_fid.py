@@ -246,3 +246,20 @@ def test_declarations():
         assert (described["higher_is_better"], described["set_level"]) == (False, True)
     assert FID.describe()["compares"] == "outputs-references"
     assert "art_inception.pth" in ArtFID.describe()["weights"]
+
+
+def test_reference_features_are_computed_once_per_process(monkeypatch):
+    """A second run over the same references (e.g. the next ablation) reuses their Inception features."""
+    outputs = [smooth_image(i) for i in range(4)]
+    references = [smooth_image(100 + i) for i in range(4)]
+    first = FID(weights="random", feature=FAST, device="cpu")
+    value = fid_of(first, outputs, references)
+    calls = []
+    network_type = type(first.frechet.inception.network())
+    original_forward = network_type.forward
+    monkeypatch.setattr(network_type, "forward", lambda self, x: calls.append(len(x)) or original_forward(self, x))
+    second = FID(weights="random", feature=FAST, device="cpu")
+    assert fid_of(second, outputs, references) == pytest.approx(value, rel=1e-6)
+    assert calls == []  # every image (outputs included) was already memoised
+    fid_of(FID(weights="random", feature=FAST, device="cpu"), [smooth_image(50), smooth_image(51)], references[:2])
+    assert calls == [1, 1]  # only the two new outputs
