@@ -51,6 +51,7 @@ def _run_job(cfg: DictConfig) -> None:
         dataset=choices["dataset"],
         backbone=choices["backbone"],
         metrics=choices["metrics"],
+        overrides=tuple(HydraConfig.get().overrides.task),
     )
     logger = instantiate(cfg.logger)
     try:

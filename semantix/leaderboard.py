@@ -103,6 +103,7 @@ def summarise(run: RunSummary) -> dict:
         "weights": weights_label(prov),
         "metrics_preset": prov.get("metrics_preset"),
         "config_hash": prov.get("config_hash"),
+        "overrides": " ".join(prov.get("overrides") or []),
         "commit": commit,
         "n": n_expected,
         "n_ok": len(ok),

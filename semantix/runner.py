@@ -50,6 +50,7 @@ class RunLabels:
     dataset: str
     backbone: str
     metrics: str
+    overrides: tuple[str, ...] = ()  # what the user typed (Hydra's task overrides), for provenance
 
 
 @dataclass
@@ -173,7 +174,8 @@ class Runner:
 
     def _write_run_files(self, run: MethodRun) -> None:
         store = run.store
-        store.write_text("config.yaml", OmegaConf.to_yaml(self._run_config(run.label), resolve=True))
+        run_config = self._run_config(run.label)
+        store.write_text("config.yaml", OmegaConf.to_yaml(run_config, resolve=True))
         described = store.read_json("metrics.json")
         for name, metric in {**self.metrics, **self.set_metrics}.items():
             described[name] = {
@@ -190,6 +192,7 @@ class Runner:
                 "dataset": self.labels.dataset,
                 "backbone": self.labels.backbone,
                 "metrics_preset": self.labels.metrics,
+                "overrides": list(self.labels.overrides),
                 "method": run.label,
                 "config_hash": run.config_hash,
                 "git": provenance.git_state(),
@@ -203,7 +206,7 @@ class Runner:
         prov.setdefault("invocations", []).append({"start": provenance.now(), "end": None})
         store.write_json("provenance.json", prov)
         if self.logger is not None:
-            self.logger.start_run(run.label, store.run_dir, OmegaConf.to_container(self._run_config(run.label)))
+            self.logger.start_run(run.label, store.run_dir, OmegaConf.to_container(run_config))
 
     def _run_config(self, label: str) -> DictConfig:
         """The job config narrowed to this run's method."""

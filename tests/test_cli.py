@@ -147,3 +147,14 @@ def test_gamma_sweep_multirun_shares_inversions_across_jobs(tmp_path):
     images = {RunStore(d).records()[0]["image_sha256"] for d in dirs}
     assert len(images) == 2  # the two gammas give two different outputs ...
     assert len(list(cache.rglob("*.pt"))) == 2  # ... from one context and one reference inversion
+
+
+def test_sweep_points_are_told_apart_by_their_overrides_in_the_leaderboard(tmp_path):
+    results = tmp_path / "results"
+    out = run_cli(["semantix-bench", "-m", "method=reinhard", "method.reinhard.eps=1e-6,1e-3", "dataset.limit=2",
+                   f"paths.results_dir={results}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = pd.read_csv(results / "leaderboard.csv")
+    assert len(table) == 2
+    eps_terms = sorted(term for o in table["overrides"] for term in o.split() if term.startswith("method.reinhard.eps="))
+    assert eps_terms == ["method.reinhard.eps=0.001", "method.reinhard.eps=1e-6"]
