@@ -157,4 +157,4 @@ def test_sweep_points_are_told_apart_by_their_overrides_in_the_leaderboard(tmp_p
     table = pd.read_csv(results / "leaderboard.csv")
     assert len(table) == 2
     eps_terms = sorted(term for o in table["overrides"] for term in o.split() if term.startswith("method.reinhard.eps="))
-    assert eps_terms == ["method.reinhard.eps=0.001", "method.reinhard.eps=1e-6"]
+    assert eps_terms == ["method.reinhard.eps=0.001", "method.reinhard.eps=1e-06"]
