@@ -90,6 +90,7 @@ DATASETS = Registry(
     {
         "manifest": "semantix.data.dataset:ManifestDataset",
         "demo": "semantix.data.dataset:demo_dataset",
+        "prepared": "semantix.data.dataset:prepared_dataset",
     },
 )
 

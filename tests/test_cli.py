@@ -137,7 +137,7 @@ def test_bad_data_fails_each_sample_with_its_reason_others_finish(tmp_path):
 
 def test_gamma_sweep_multirun_shares_inversions_across_jobs(tmp_path):
     results, cache = tmp_path / "results", tmp_path / "cache"
-    out = run_cli(["semantix-bench", "-m", "experiment=semantix_gamma_sweep", "backbone=tiny", "dataset=demo",
+    out = run_cli(["semantix-bench", "-m", "experiment=semantix_gamma_sweep", "backbone=tiny", "dataset=demo", "metrics=demo",
                    "dataset.limit=1", "method.semantix.num_steps=3", "method.semantix.adain_start_step=1",
                    "method.semantix.gamma_ref=1.0,6.0", "method.semantix.gamma_c=0.9",
                    f"paths.cache_dir={cache}", f"paths.results_dir={results}"], cwd=tmp_path)

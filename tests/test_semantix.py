@@ -181,7 +181,7 @@ ABLATIONS = ["semantix", "semantix_no_style", "semantix_no_spatial", "semantix_n
 def test_ablation_experiment_runs_every_variant_sharing_inversions(tmp_path):
     few_steps = [f"method.{label}.num_steps=3" for label in ABLATIONS]
     adain = [f"method.{label}.adain_start_step=1" for label in ABLATIONS if label != "semantix_no_adain"]
-    result = run_job(["experiment=semantix_ablation", "backbone=tiny", "dataset=demo", "dataset.limit=1",
+    result = run_job(["experiment=semantix_ablation", "backbone=tiny", "dataset=demo", "dataset.limit=1", "metrics=demo",
                       *few_steps, *adain, f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path / "results")
     assert [run.label for run in result.runs] == ABLATIONS
     assert all((run.ok, run.failed) == (1, 0) for run in result.runs)
