@@ -1,16 +1,24 @@
 """Optional experiment loggers. Off by default (`logger=none`); the run directory is the record.
 
-`logger=wandb` logs, per method run: per-sample metric values, the first `max_images` outputs, and
-at the end a table of every record. Without credentials it runs offline (`wandb sync` uploads later).
+`logger=wandb` logs, per method run: per-sample metric values and the first `max_images` outputs;
+at the end, the report's view of the run (see `semantix.report`): a table of every record with its
+output, content and reference thumbnails and metric values, the run's leaderboard row (means and
+95% CI half-widths) as the wandb summary, and the per-step diagnostics plot of one sample when the
+method records per-step diagnostics. Without credentials it runs offline (`wandb sync` uploads
+later). Plots across runs (sweeps, ablations) are in `semantix-report`, which sees every run.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+THUMBNAIL_SIZE = 256  # longest side of the images in the end-of-run table, px
 
 
 class NullLogger:
@@ -36,6 +44,7 @@ class WandbLogger(NullLogger):
         self.max_images = max_images
         self._runs: dict[str, Any] = {}
         self._images_logged: dict[str, int] = {}
+        self._run_dirs: dict[str, Path] = {}
 
     def start_run(self, label: str, run_dir: Path, config: dict) -> None:
         self._runs[label] = self._wandb.init(
@@ -44,6 +53,7 @@ class WandbLogger(NullLogger):
             config=config, reinit="create_new",
         )
         self._images_logged[label] = 0
+        self._run_dirs[label] = Path(run_dir)
 
     def log_sample(self, label: str, record: dict, image: torch.Tensor) -> None:
         payload: dict[str, Any] = {f"sample/{k}": v for k, v in record["metrics"].items()}
@@ -54,11 +64,40 @@ class WandbLogger(NullLogger):
         self._runs[label].log(payload)
 
     def finish_run(self, label: str, records: list[dict]) -> None:
+        from PIL import Image
+
+        from semantix import plots, report
+        from semantix.leaderboard import load_run, summarise
+
         run = self._runs.pop(label)
+        run_dir = self._run_dirs.pop(label)
+        summary = load_run(run_dir)
+        data = (summary.provenance.get("data") or {}) if summary else {}
+        side = min(THUMBNAIL_SIZE, int(data.get("resolution") or THUMBNAIL_SIZE))
+        inputs = report.InputIndex()
         metric_names = sorted({name for r in records for name in r.get("metrics", {})})
-        table = self._wandb.Table(columns=["sample_id", "status", "error", *metric_names])
+        table = self._wandb.Table(columns=["sample_id", "status", "error", "output", "content", "reference",
+                                           *metric_names])
         for r in records:
             error = r["error"]["message"] if r.get("error") else None
-            table.add_data(r["sample_id"], r["status"], error, *[r["metrics"].get(m) for m in metric_names])
-        run.log({"records": table})
+            output_path = run_dir / r.get("image", "")
+            output = (self._wandb.Image(report.output_thumbnail(output_path, THUMBNAIL_SIZE))
+                      if r["status"] == "ok" and output_path.is_file() else None)
+            found = inputs.inputs(data, r["sample_id"]) if data.get("manifest") else None
+            content = self._wandb.Image(report.input_thumbnail(found.content, side)) if found and found.content else None
+            reference = (self._wandb.Image(report.input_strip(found.references, side))
+                         if found and found.references else None)
+            table.add_data(r["sample_id"], r["status"], error, output, content, reference,
+                           *[r["metrics"].get(m) for m in metric_names])
+        payload: dict[str, Any] = {"records": table}
+        if summary is not None:
+            row = summarise(summary)
+            run.summary.update({k: v for k, v in row.items()
+                                if k.endswith(("_mean", "_ci95", "_set")) and isinstance(v, int | float) and math.isfinite(v)})
+            record = report.diagnostics_sample(summary)
+            if record is not None:
+                title = f"Per-step diagnostics: {label}, sample {record['sample_id']}"
+                png = plots.diagnostics_plot(report.guided_series(record), title, report.describe_rows([row]))
+                payload["diagnostics"] = self._wandb.Image(Image.open(io.BytesIO(png)), caption=record["sample_id"])
+        run.log(payload)
         run.finish()
