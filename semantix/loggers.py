@@ -32,6 +32,13 @@ class NullLogger:
         pass
 
 
+def wandb_mode(mode: str) -> str:
+    """"auto": online when WANDB_API_KEY is set, else offline (sync later with `wandb sync`)."""
+    if mode == "auto":
+        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return mode
+
+
 class WandbLogger(NullLogger):
     def __init__(self, project: str = "semantix", entity: str | None = None, mode: str = "auto",
                  max_images: int = 16):
@@ -40,7 +47,7 @@ class WandbLogger(NullLogger):
         self._wandb = wandb
         self.project = project
         self.entity = entity
-        self.mode = ("online" if os.environ.get("WANDB_API_KEY") else "offline") if mode == "auto" else mode
+        self.mode = wandb_mode(mode)
         self.max_images = max_images
         self._runs: dict[str, Any] = {}
         self._images_logged: dict[str, int] = {}

@@ -670,6 +670,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                         help=f"select runs by {', '.join(FILTER_KEYS)} (shell patterns; repeatable)")
     parser.add_argument("--thumbnail-size", type=int, default=256, help="longest side of image thumbnails, px")
+    parser.add_argument("--wandb", metavar="PROJECT", default=None,
+                        help="also log the leaderboard and every plot to this wandb project (offline without "
+                             "WANDB_API_KEY): the multi-run figures that no single run's logger can see")
     args = parser.parse_args(argv)
     if args.thumbnail_size < 16:
         parser.error("--thumbnail-size must be at least 16 px")
@@ -681,6 +684,26 @@ def main(argv: list[str] | None = None) -> None:
     except ReportError as e:
         sys.exit(f"semantix-report: {e}")
     print(f"report -> {index}")
+    if args.wandb:
+        print(f"wandb -> {log_report_to_wandb(index.parent, args.wandb)}")
+
+
+def log_report_to_wandb(report_dir: Path, project: str, mode: str = "auto") -> str:
+    """Log a built report's leaderboard (a wandb.Table) and plots (wandb.Image) as one wandb run."""
+    import pandas as pd
+    import wandb
+
+    from semantix.loggers import wandb_mode
+
+    # The wandb folder goes beside the report, keeping the report folder portable.
+    run = wandb.init(project=project, job_type="report", name=f"report/{report_dir.name}",
+                     mode=wandb_mode(mode), dir=str(report_dir.parent), reinit="create_new")
+    payload = {"leaderboard": wandb.Table(dataframe=pd.read_csv(report_dir / "leaderboard.csv"))}
+    for plot in sorted((report_dir / "plots").glob("*.png")):
+        payload[f"plots/{plot.stem}"] = wandb.Image(str(plot))
+    run.log(payload)
+    run.finish()
+    return run.dir
 
 
 CSS = """

@@ -335,3 +335,20 @@ def test_wandb_logs_table_with_images_and_diagnostics_offline(tmp_path, monkeypa
     (data_file,) = run.run_dir.glob("wandb/offline-run-*/*.wandb")
     written = data_file.read_bytes()
     assert b"records.table.json" in written and b"colour_histogram_mean" in written
+
+
+def test_report_plots_and_leaderboard_go_to_wandb_offline(report, tmp_path, monkeypatch):
+    import shutil
+
+    from semantix.report import log_report_to_wandb
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    copy = tmp_path / "report"
+    shutil.copytree(report, copy)
+    run_dir = Path(log_report_to_wandb(copy, "semantix-test"))
+    logged = {p.name.split("_")[0] for p in (run_dir / "media" / "images" / "plots").glob("*.png")}
+    assert logged == {p.stem.split("_")[0] for p in (copy / "plots").glob("*.png")}
+    tables = list((run_dir / "media" / "table").glob("leaderboard_*.table.json"))
+    assert len(tables) == 1 and "method" in json.loads(tables[0].read_text())["columns"]
+    assert not (copy / "wandb").exists()  # the report folder stays portable
