@@ -53,6 +53,7 @@ METHODS = Registry(
         "identity": "semantix.methods.classical:Identity",
         "reinhard": "semantix.methods.classical:ReinhardColorTransfer",
         "semantix": "semantix.methods.semantix:Semantix",
+        "styleid": "semantix.methods.styleid:StyleID",
         "histogram_matching": "semantix.methods.classical:HistogramMatching",
     },
 )
