@@ -3,7 +3,12 @@
 - `semantix-bench [overrides]`: a Hydra app over `conf/` (default experiment `demo`). Each job
   writes one run directory per method and refreshes the leaderboard. Exit status: 0 when every
   sample succeeded; otherwise the number of failed samples (capped at 100); 101 when a whole job
-  could not run (the error is printed; in a multirun the other jobs still run).
+  could not run (the error is printed; in a multirun the other jobs still run). This accounting
+  covers the jobs run in this process (Hydra's default basic launcher). With an out-of-process
+  launcher (`hydra/launcher=submitit_slurm` or `submitit_local`) each job's outcome stays in its own
+  process: the exit status is 0 once every job returned (non-zero only when Hydra/submitit itself
+  fails), and the results tell the rest (leaderboard `n_failed`/`n_missing`, `invocations/*.json`,
+  the `.submitit/` logs). Every job still rewrites the leaderboard when it ends.
 - `semantix-leaderboard [--runs DIR] [--out CSV] [--markdown MD]`: aggregate run directories.
 """
 
@@ -26,7 +31,8 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 JOB_FAILED_EXIT = 101
 MAX_FAILED_EXIT = 100
 
-# Outcomes of the jobs this process ran (Hydra's basic launcher runs a multirun in-process).
+# Outcomes of the jobs this process ran (Hydra's basic launcher runs a multirun in-process; the
+# submitit launcher runs jobs elsewhere, whose outcomes never reach this list).
 _job_outcomes: list[int] = []
 
 

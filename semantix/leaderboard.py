@@ -4,7 +4,8 @@ One row per (experiment, dataset, method, backbone, config hash). Per metric: th
 samples that finished, and the half-width of a two-sided 95% Student-t confidence interval of that
 mean, t_{0.975, n-1} * s / sqrt(n) with s the sample standard deviation (ddof=1); undefined (empty)
 for n < 2. Counts: `n` samples in the dataset, `n_ok`, `n_failed`, `n_missing` (not yet run: the run
-is incomplete). Every value is computed from the records on disk; nothing is cached or typed in.
+is incomplete, e.g. a shard has not finished), `n_duplicated` (record files repeating a sample id,
+counted once). Shards of one run write into the same run directory, so a row merges them. Every value is computed from the records on disk; nothing is cached or typed in.
 
 The `backbone` and `weights` columns say where numbers come from: rows of the `tiny` backbone are
 random-weight runs that test the code, never quality results, and the Markdown table says so.
@@ -54,6 +55,40 @@ def weights_label(prov: dict) -> str:
     return f"{ref}@{revision}" if revision else str(ref)
 
 
+def read_invocations(run_dir: Path) -> list[dict]:
+    """Every invocation of a run, oldest first: `invocations/*.json`, plus any a pre-sharding
+    `provenance.json` listed inline (kept so older run directories still report their history)."""
+    legacy: list[dict] = []
+    inv_dir = Path(run_dir) / "invocations"
+    if not inv_dir.is_dir():
+        try:
+            legacy = json.loads((Path(run_dir) / "provenance.json").read_text()).get("invocations", [])
+        except (OSError, ValueError):
+            legacy = []
+    out = []
+    for path in sorted(inv_dir.glob("*.json")) if inv_dir.is_dir() else []:
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as e:
+            log.warning("skipping unreadable invocation file %s (%s)", path, e)
+    return sorted(legacy + out, key=lambda inv: str(inv.get("start")))
+
+
+def merged_metric_info(run_dir: Path) -> dict:
+    """Metric descriptions of a run from `metric_info/<name>.json` (over an older `metrics.json`)."""
+    merged: dict = {}
+    try:
+        merged.update(json.loads((Path(run_dir) / "metrics.json").read_text()))
+    except (OSError, ValueError):
+        pass
+    for path in sorted((Path(run_dir) / "metric_info").glob("*.json")):
+        try:
+            merged[path.stem] = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            log.warning("skipping unreadable metric description %s (%s)", path, e)
+    return merged
+
+
 @dataclass
 class RunSummary:
     run_dir: Path
@@ -69,8 +104,9 @@ def load_run(run_dir: Path) -> RunSummary | None:
     except (OSError, ValueError) as e:
         log.warning("skipping %s: unreadable provenance.json (%s)", run_dir, e)
         return None
-    metric_info_path = run_dir / "metrics.json"
-    metric_info = json.loads(metric_info_path.read_text()) if metric_info_path.is_file() else {}
+    # Shards write per-invocation and per-metric files; these merged views never lose one to a race.
+    prov["invocations"] = read_invocations(run_dir)
+    metric_info = merged_metric_info(run_dir)
     summary_path = run_dir / "summary.json"
     set_metrics = json.loads(summary_path.read_text()).get("set_metrics", {}) if summary_path.is_file() else {}
     records = []
@@ -87,14 +123,34 @@ def find_runs(runs_root: Path) -> list[RunSummary]:
     return [r for r in runs if r is not None]
 
 
+def unique_records(run: RunSummary) -> tuple[list[dict], int]:
+    """One record per sample id, and how many record files repeated an id already seen.
+
+    Records are one file per sample, so shards writing into one run directory cannot duplicate a
+    sample; a duplicate means a hand-copied or renamed file. It is counted (`n_duplicated`), warned
+    about, and only the first file (in path order) enters the statistics.
+    """
+    seen: dict[str, dict] = {}
+    duplicated = 0
+    for record in run.records:
+        sample_id = record.get("sample_id")
+        if sample_id in seen:
+            duplicated += 1
+            log.warning("%s: sample %r has more than one record file; counting it once", run.run_dir, sample_id)
+            continue
+        seen[sample_id] = record
+    return list(seen.values()), duplicated
+
+
 def summarise(run: RunSummary) -> dict:
     prov = run.provenance
     git = prov.get("git") or {}
     commit = git.get("commit") or "unknown"
     if git.get("dirty"):
         commit += "+dirty"
-    ok = [r for r in run.records if r.get("status") == "ok"]
-    n_expected = (prov.get("data") or {}).get("n_samples", len(run.records))
+    records, n_duplicated = unique_records(run)
+    ok = [r for r in records if r.get("status") == "ok"]
+    n_expected = (prov.get("data") or {}).get("n_samples", len(records))
     row = {
         "experiment": prov.get("experiment"),
         "dataset": prov.get("dataset"),
@@ -107,8 +163,9 @@ def summarise(run: RunSummary) -> dict:
         "commit": commit,
         "n": n_expected,
         "n_ok": len(ok),
-        "n_failed": sum(r.get("status") == "failed" for r in run.records),
-        "n_missing": max(0, n_expected - len(run.records)),
+        "n_failed": sum(r.get("status") == "failed" for r in records),
+        "n_missing": max(0, n_expected - len(records)),
+        "n_duplicated": n_duplicated,
     }
     metric_names = sorted({name for r in ok for name in r.get("metrics", {})})
     for name in metric_names:
@@ -156,6 +213,8 @@ def to_markdown(table: pd.DataFrame, metric_info: dict) -> str:
                  str(row["weights"]), str(row["metrics_preset"]), str(row["n"]), str(row["n_failed"])]
         if row["n_missing"]:
             cells[-2] += f" ({row['n_missing']} not run)"
+        if row.get("n_duplicated"):
+            cells[-2] += f" ({row['n_duplicated']} duplicated)"
         for name in set_names:
             cells.append(_format(row.get(f"{name}_set")))
         for name in metric_names:

@@ -10,16 +10,27 @@ from the config that determines its outputs, so the same command run again finds
 - a `failed` sample is retried when `runner.retry_failed` is true (the default), else kept;
 - anything else runs. An exception in one sample becomes a `failed` record; the loop goes on.
 
+Sharding (`shard.index` / `shard.count`): a job processes only the sample ids `shard_ids` assigns
+to its shard (sha256 of the id modulo the count, after `dataset.limit`). Shards are not part of the
+run identity, so every shard writes into the same run directory; records and images are per sample,
+and each invocation writes its own `invocations/<start>-<host>-<pid>-shard<i>of<n>.json`, so
+concurrent shards never read-modify-write a shared file. Set-level metrics run only once every
+sample of the (unsharded) dataset has a record: the last shard to finish computes them.
+
 Metrics score the stored 8-bit image, so a re-scored sample and a fresh one give identical values.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import random
+import socket
 import time
 import traceback
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +42,9 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from semantix import provenance
+from semantix.leaderboard import merged_metric_info, read_invocations
 from semantix.methods.base import Method
-from semantix.store import RunStore, quantize, stable_hash
+from semantix.store import RunStore, atomic_write_json, quantize, stable_hash
 from semantix.types import MethodOutput, Sample
 
 log = logging.getLogger(__name__)
@@ -79,6 +91,27 @@ class JobResult:
     @property
     def n_failed(self) -> int:
         return sum(r.failed for r in self.runs)
+
+
+def shard_of(sample_id: str, count: int) -> int:
+    """The shard of a sample: int(sha256(sample_id)) mod count (depends on the id only, not on order)."""
+    return int(hashlib.sha256(sample_id.encode()).hexdigest(), 16) % count
+
+
+def shard_ids(sample_ids: list[str], index: int, count: int) -> list[str]:
+    """The ids of shard `index` of `count`, in their dataset order; the shards partition `sample_ids`."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"shard.count must be an integer >= 1, got {count!r}")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
+        raise ValueError(f"shard.index must be an integer in [0, shard.count={count}), got {index!r}")
+    if count == 1:
+        return list(sample_ids)
+    return [sid for sid in sample_ids if shard_of(sid, count) == index]
+
+
+def _shard_config(cfg: DictConfig) -> tuple[int, int]:
+    shard = cfg.get("shard") or {}
+    return shard.get("index", 0), shard.get("count", 1)
 
 
 def sample_seed(seed: int, sample_id: str) -> int:
@@ -146,6 +179,15 @@ class Runner:
         self.labels = labels
         self.logger = logger
         self.dataset = instantiate(cfg.dataset)
+        self.shard_index, self.shard_count = _shard_config(cfg)
+        self.sample_ids = shard_ids(list(self.dataset.sample_ids), self.shard_index, self.shard_count)
+        # Unique per invocation: start time to the microsecond (UTC), host, process, shard.
+        now = datetime.now(UTC)
+        self.invocation_name = (
+            f"{now.strftime('%Y%m%dT%H%M%S.%f')}-{socket.gethostname()}-{os.getpid()}"
+            f"-shard{self.shard_index}of{self.shard_count}"
+        )
+        self._invocation: dict = {}
         built = {name: instantiate(mcfg) for name, mcfg in cfg.metrics.items()}
         self.metric_hashes = {name: stable_hash(_container(mcfg)) for name, mcfg in cfg.metrics.items()}
         # Per-sample metrics score each output as it is made; set-level ones (FID) run once per run.
@@ -176,37 +218,49 @@ class Runner:
         store = run.store
         run_config = self._run_config(run.label)
         store.write_text("config.yaml", OmegaConf.to_yaml(run_config, resolve=True))
-        described = store.read_json("metrics.json")
+        # One file per metric (no read-modify-write of a shared file); metrics.json is their merge.
         for name, metric in {**self.metrics, **self.set_metrics}.items():
-            described[name] = {
+            atomic_write_json(store.run_dir / "metric_info" / f"{name}.json", {
                 **metric.describe(),
                 "config": _container(self.cfg.metrics[name]),
                 "config_hash": self.metric_hashes[name],
-            }
-        store.write_json("metrics.json", described)
-        prov = store.read_json("provenance.json")
+            })
+        store.write_json("metrics.json", merged_metric_info(store.run_dir))
         uses_backbone = run.method.uses_backbone
-        prov.update(
-            {
-                "experiment": self.labels.experiment,
-                "dataset": self.labels.dataset,
-                "backbone": self.labels.backbone,
-                "metrics_preset": self.labels.metrics,
-                "overrides": list(self.labels.overrides),
-                "method": run.label,
-                "config_hash": run.config_hash,
-                "git": provenance.git_state(),
-                "versions": provenance.package_versions(),
-                "device": provenance.device_info(),
-                "seeds": {"global": self.cfg.seed, "per_sample": "sha256('{seed}:{sample_id}')[:8] & 0x7fffffff"},
-                "data": self.dataset.provenance(),
-                "backbone_weights": self.backbone.provenance if uses_backbone else None,
-            }
-        )
-        prov.setdefault("invocations", []).append({"start": provenance.now(), "end": None})
-        store.write_json("provenance.json", prov)
+        # Invocation-independent facts only: every shard writes the same content (last writer wins).
+        prov = {
+            "experiment": self.labels.experiment,
+            "dataset": self.labels.dataset,
+            "backbone": self.labels.backbone,
+            "metrics_preset": self.labels.metrics,
+            "overrides": [o for o in self.labels.overrides if not o.lstrip("+~").startswith("shard.")],
+            "method": run.label,
+            "config_hash": run.config_hash,
+            "git": provenance.git_state(),
+            "versions": provenance.package_versions(),
+            "device": provenance.device_info(),
+            "seeds": {"global": self.cfg.seed, "per_sample": "sha256('{seed}:{sample_id}')[:8] & 0x7fffffff"},
+            "data": self.dataset.provenance(),
+            "backbone_weights": self.backbone.provenance if uses_backbone else None,
+            "sharding": "shard_of(id) = int(sha256(id)) % shard.count, after dataset.limit",
+        }
+        self._invocation[run.label] = {
+            "start": provenance.now(), "end": None, "host": socket.gethostname(), "pid": os.getpid(),
+            "shard": {"index": self.shard_index, "count": self.shard_count, "n_samples": len(self.sample_ids)},
+            "overrides": list(self.labels.overrides),
+        }
+        inv_dir = store.run_dir / "invocations"
+        if not inv_dir.is_dir():  # a run directory from before sharding: move its inline history out
+            for i, old in enumerate(store.read_json("provenance.json").get("invocations", [])):
+                atomic_write_json(inv_dir / f"legacy-{i:04d}.json", old)
+        self._write_invocation(run)
+        store.write_json("provenance.json", {**prov, "invocations": read_invocations(store.run_dir)})
         if self.logger is not None:
             self.logger.start_run(run.label, store.run_dir, OmegaConf.to_container(run_config))
+
+    def _write_invocation(self, run: MethodRun) -> None:
+        path = run.store.run_dir / "invocations" / f"{self.invocation_name}.json"
+        atomic_write_json(path, self._invocation[run.label])
 
     def _run_config(self, label: str) -> DictConfig:
         """The job config narrowed to this run's method."""
@@ -217,7 +271,7 @@ class Runner:
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> JobResult:
         self._prepare()
-        sample_ids = self.dataset.sample_ids
+        sample_ids = self.sample_ids
         total = len(sample_ids) * len(self.runs)
         progress_enabled = self.cfg.runner.progress
         with logging_redirect_tqdm(), tqdm(total=total, desc=self.labels.experiment, unit="item",
@@ -366,15 +420,26 @@ class Runner:
         summary["set_metrics"] = stored
         run.store.write_json("summary.json", summary)
 
+    def _complete(self, run: MethodRun) -> bool:
+        """Whether every sample of the unsharded dataset (after `dataset.limit`) has a record."""
+        missing = [sid for sid in self.dataset.sample_ids if run.store.read_record(sid) is None]
+        if missing:
+            log.info("%s: %d sample(s) of the dataset have no record yet (other shards?): set-level "
+                     "metrics skipped; the job that completes the run computes them", run.label, len(missing))
+        return not missing
+
     def _finish(self) -> None:
         for run in self.runs:
-            if self.set_metrics:
+            if self.set_metrics and self._complete(run):
                 self._score_sets(run)
-            prov = run.store.read_json("provenance.json")
-            prov["invocations"][-1].update(
+            self._invocation[run.label].update(
                 {"end": provenance.now(), "ok": run.ok, "failed": run.failed, "skipped": run.skipped,
                  "rescored": run.rescored}
             )
+            self._write_invocation(run)
+            prov = run.store.read_json("provenance.json")
+            prov["invocations"] = read_invocations(run.store.run_dir)
             run.store.write_json("provenance.json", prov)
             if self.logger is not None:
                 self.logger.finish_run(run.label, run.store.records())
+
