@@ -23,7 +23,6 @@ import json
 import math
 import os
 import sys
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -36,6 +35,7 @@ from tqdm import tqdm
 
 from data_prep.decode import BadItem
 from semantix.data import sha256_file, write_manifest
+from semantix.store import atomic_write_bytes
 
 __all__ = [
     "JOURNAL_NAME",
@@ -49,7 +49,6 @@ __all__ = [
     "PrepError",
     "Skip",
     "add_common_arguments",
-    "atomic_write",
     "diagonal_pairs",
     "finish",
     "item_key",
@@ -175,18 +174,6 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write bytes atomically (a temporary file in the same folder, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 class Journal:
     """The append-only record of prepared items in an output folder; what makes a run resumable.
 
@@ -274,7 +261,7 @@ class Preparer:
         files = {}
         for name, (relative, image) in images.items():
             data = png_bytes(image)
-            atomic_write(self.out / relative, data)
+            atomic_write_bytes(self.out / relative, data)
             files[name] = PreparedFile(relative, hashlib.sha256(data).hexdigest())
         self.journal.add(
             {
@@ -331,7 +318,7 @@ def finish(
         "skipped": [skip.as_dict() for skip in preparer.skipped],
         "versions": versions(*(["av"] if command == "videos" else [])),
     }
-    atomic_write(out / "source.json", (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(out / "source.json", (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
     for name, info in manifest_hashes.items():
         print(f"{out / name}: {info['rows']} samples")
     print(

@@ -18,8 +18,6 @@ import argparse
 import hashlib
 import io
 import json
-import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ import skimage.data
 from PIL import Image, features
 
 from semantix.data import DEMO_DIR, Manifest, resize_center_crop, write_manifest
+from semantix.store import atomic_write_bytes
 
 SEED = 20240611
 SIZE = 256
@@ -245,17 +244,6 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _write(path: Path, data: bytes) -> None:
-    """Write bytes atomically (temporary file in the same folder, then os.replace)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def _licenses_markdown() -> str:
     lines = [
         "# Licences of the embedded demo set",
@@ -283,7 +271,7 @@ def build(out: Path) -> dict[str, str]:
 
     def emit(file_name: str, pixels: np.ndarray) -> None:
         data = _png_bytes(pixels)
-        _write(out / file_name, data)
+        atomic_write_bytes(out / file_name, data)
         hashes[file_name] = hashlib.sha256(data).hexdigest()
 
     for content in CONTENTS:
@@ -311,7 +299,7 @@ def build(out: Path) -> dict[str, str]:
             }
         )
     write_manifest(rows, out / "manifest.csv")
-    _write(out / "LICENSES.md", _licenses_markdown().encode())
+    atomic_write_bytes(out / "LICENSES.md", _licenses_markdown().encode())
     source = {
         "generator": "data_prep/demo.py (python -m data_prep.demo)",
         "seed": SEED,
@@ -328,7 +316,7 @@ def build(out: Path) -> dict[str, str]:
         "counts": {"contents": len(CONTENTS), "styles": len(STYLES), "samples": len(rows)},
         "files": dict(sorted(hashes.items())),
     }
-    _write(out / "source.json", (json.dumps(source, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(out / "source.json", (json.dumps(source, indent=2, sort_keys=True) + "\n").encode())
     return hashes
 
 

@@ -56,6 +56,24 @@ def small_dataset(tmp_path) -> Path:
     return write_manifest(rows, root / "manifest.csv")
 
 
+@pytest.fixture(scope="module")
+def backbone():
+    """The tiny random-weight backbone (built once per test module)."""
+    from semantix.backbones import build_tiny
+
+    return build_tiny()
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """The embedded demo set's samples at 64 px, by sample id."""
+    from semantix.data import demo_manifest_path
+    from semantix.data.manifest import Manifest
+
+    manifest = Manifest.load(demo_manifest_path())
+    return {sid: manifest.load_sample(sid, 64) for sid in manifest.sample_ids}
+
+
 def compose(overrides: list[str]):
     """Compose the app's config as `semantix-bench` would, outside a Hydra run."""
     from hydra import compose as hydra_compose

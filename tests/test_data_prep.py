@@ -319,7 +319,7 @@ def test_limit_gives_the_first_rows_of_the_full_set(sources, tmp_path):
 def test_an_interrupted_run_resumes_to_the_same_result(sources, tmp_path, monkeypatch, capsys):
     assert coco_wikiart(sources, tmp_path / "clean") == 0
     out = tmp_path / "resumed"
-    real_write, calls = common.atomic_write, []
+    real_write, calls = common.atomic_write_bytes, []
 
     def dying_write(path, data):
         calls.append(path)
@@ -327,12 +327,12 @@ def test_an_interrupted_run_resumes_to_the_same_result(sources, tmp_path, monkey
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-way
         real_write(path, data)
 
-    monkeypatch.setattr(common, "atomic_write", dying_write)
+    monkeypatch.setattr(common, "atomic_write_bytes", dying_write)
     assert coco_wikiart(sources, out) == 130
     assert not (out / "manifest.csv").exists()
     with open(out / JOURNAL_NAME, "a") as journal:
         journal.write('{"key": "torn by a kill -9')  # a journal line cut short
-    monkeypatch.setattr(common, "atomic_write", real_write)
+    monkeypatch.setattr(common, "atomic_write_bytes", real_write)
     capsys.readouterr()
     assert coco_wikiart(sources, out) == 0
     assert "7 reused" in capsys.readouterr().out

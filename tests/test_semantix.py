@@ -8,25 +8,11 @@ import torch
 from harness import run_job
 
 import semantix.methods.semantix as semantix_module
-from semantix.backbones import build_tiny
-from semantix.data import demo_manifest_path
-from semantix.data.manifest import Manifest
 from semantix.diffusion import capture_block_outputs, replay
 from semantix.methods.semantix import Semantix
 from semantix.store import RunStore
 
 STEPS = 8
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    return build_tiny()
-
-
-@pytest.fixture(scope="module")
-def demo():
-    manifest = Manifest.load(demo_manifest_path())
-    return {sid: manifest.load_sample(sid, 64) for sid in manifest.sample_ids}
 
 
 @pytest.fixture

@@ -5,24 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semantix.backbones import build_tiny
-from semantix.data import demo_manifest_path
-from semantix.data.manifest import Manifest
 from semantix.diffusion.ddim import DDIMStepper, ddim_invert, ddim_sample
 from semantix.methods.styleid import StyleID
 
 STEPS = 3
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    return build_tiny()
-
-
-@pytest.fixture(scope="module")
-def demo():
-    manifest = Manifest.load(demo_manifest_path())
-    return {sid: manifest.load_sample(sid, 64) for sid in manifest.sample_ids}
 
 
 @pytest.fixture

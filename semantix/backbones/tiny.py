@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from semantix.backbones.base import (
     resolve_device,
     resolve_dtype,
 )
+from semantix.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +101,6 @@ def _build_clip_vocab() -> tuple[dict[str, int], list[str]]:
     return vocab, merges
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def clip_tokenizer_files(folder: Path | None = None) -> Path:
     """Write `vocab.json` and `merges.txt` (Hugging Face CLIP layout) once; return their folder."""
     folder = Path(folder) if folder is not None else cache_root() / "tokenizer"
@@ -118,8 +108,8 @@ def clip_tokenizer_files(folder: Path | None = None) -> Path:
     if not (vocab_file.is_file() and merges_file.is_file()):
         folder.mkdir(parents=True, exist_ok=True)
         vocab, merges = _build_clip_vocab()
-        _write_atomic(merges_file, "#version: 0.2\n" + "\n".join(merges) + "\n")
-        _write_atomic(vocab_file, json.dumps(vocab, ensure_ascii=False))
+        atomic_write_bytes(merges_file, ("#version: 0.2\n" + "\n".join(merges) + "\n").encode("utf-8"))
+        atomic_write_bytes(vocab_file, json.dumps(vocab, ensure_ascii=False).encode("utf-8"))
         log.info("wrote the CLIP tokenizer files to %s", folder)
     return folder
 

@@ -27,8 +27,6 @@ loaded (the run cannot start); a problem with one row's files raises `SampleErro
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from os import PathLike
@@ -39,6 +37,7 @@ import pandas as pd
 import torch
 
 from semantix.data.images import open_image, sha256_file, to_tensor
+from semantix.store import atomic_write_bytes
 from semantix.types import ManifestError, Sample, SampleError
 
 __all__ = ["Manifest", "write_manifest", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "REFERENCE_SEPARATOR"]
@@ -250,20 +249,11 @@ def write_manifest(rows: Iterable[Mapping[str, Any]], path: str | PathLike[str])
     frame = pd.DataFrame(
         [[_text(row.get(column)) for column in columns] for row in rows], columns=columns, dtype="string"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name in the target folder (os.replace is atomic only within one file system). Not
-    # tempfile.mkstemp: its 0600 mode would survive the rename and make a shipped manifest unreadable
-    # to other users.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        if suffix == ".csv":
-            frame.to_csv(temporary, index=False, lineterminator="\n")
-        else:
-            frame.to_parquet(temporary, index=False)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    if suffix == ".csv":
+        data = frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
+    else:
+        data = frame.to_parquet(None, index=False)
+    atomic_write_bytes(path, data)
     return path
 
 
