@@ -62,6 +62,7 @@ from semantix.metrics.base import SetMetric
 from semantix.metrics.inputs import check_same_size, to_inception_uint8
 from semantix.metrics.perceptual import LPIPSNetwork, shared_lpips
 from semantix.metrics.weights import (
+    TORCHVISION,
     is_random,
     metric_device,
     require_file,
@@ -84,7 +85,6 @@ ART_HEADS = ("fc1.", "fc2.", "AuxLogits1.", "AuxLogits2.")
 # The smallest input torchvision's Inception3 accepts (its stride-2 valid convolutions run out of pixels).
 INCEPTION_MIN_SIZE = 75
 
-TORCHVISION = "torchvision"
 
 
 # -- the standard Inception ------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import torch
 from semantix.metrics.base import SampleMetric
 from semantix.metrics.inputs import to_lpips_input
 from semantix.metrics.weights import (
+    TORCHVISION,
     is_random,
     metric_device,
     require_file,
@@ -35,7 +36,6 @@ from semantix.metrics.weights import (
     torch_hub_checkpoint,
 )
 
-TORCHVISION = "torchvision"
 CONFIG_KEY = "metrics.lpips.weights"
 
 

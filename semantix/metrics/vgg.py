@@ -38,6 +38,7 @@ import torchvision
 from semantix.metrics.base import SampleMetric
 from semantix.metrics.inputs import to_vgg_input
 from semantix.metrics.weights import (
+    TORCHVISION,
     is_random,
     metric_device,
     require_file,
@@ -46,7 +47,6 @@ from semantix.metrics.weights import (
     torch_hub_checkpoint,
 )
 
-TORCHVISION = "torchvision"
 VGG19_FILE = "vgg19-dcbb9e9d.pth"  # torchvision VGG19_Weights.IMAGENET1K_V1
 VGG19_LAYERS = {"relu1_1": 1, "relu2_1": 6, "relu3_1": 11, "relu4_1": 20, "relu5_1": 29}
 GRAM_LAYERS = tuple(VGG19_LAYERS)

@@ -26,6 +26,8 @@ import torch
 from semantix.types import WeightsNotFoundError
 
 RANDOM = "random"
+# Named source: torchvision's ImageNet checkpoint, looked up in torch hub's cache (never downloaded).
+TORCHVISION = "torchvision"
 RANDOM_SEED = 0
 
 _models: dict[tuple, Any] = {}
