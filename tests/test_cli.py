@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -90,7 +91,8 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     assert after_kill == uninterrupted
 
 
-def test_bad_data_fails_each_sample_with_its_reason_others_finish(tmp_path):
+def write_bad_data_manifest(tmp_path):
+    """A manifest with one good sample and one sample per bad-data class of spec/datasets.md."""
     from PIL import Image
 
     from semantix.data.manifest import write_manifest
@@ -116,18 +118,21 @@ def test_bad_data_fails_each_sample_with_its_reason_others_finish(tmp_path):
     rows.append({"sample_id": "bad_hash", "content": "good.png", "reference": style.name,
                  "content_sha256": "0" * 64})
     manifest = write_manifest(rows, root / "manifest.csv")
+    return manifest, len(rows)
+
+
+def test_bad_data_fails_each_sample_with_its_reason_others_finish(tmp_path):
+    manifest, n_rows = write_bad_data_manifest(tmp_path)
     results = tmp_path / "results"
     out = run_cli(["semantix-bench", "dataset=manifest", f"dataset.manifest={manifest}", "method=identity",
                    f"paths.results_dir={results}"], cwd=tmp_path)
-    assert out.returncode == len(rows) - 1, out.stderr[-3000:]
+    assert out.returncode == n_rows - 1, out.stderr[-3000:]
     records = {r["sample_id"]: r for r in RunStore(run_dirs(results)[0]).records()}
     assert records["ok"]["status"] == "ok"
     expected_words = {"missing": "not found|missing|does not exist", "grey": "grey|gray", "alpha": "alpha",
                       "cmyk": "CMYK", "tiny": "small|tiny", "corrupt": "corrupt|not an image|cannot identify",
                       "truncated": "truncated", "16bit": "16-bit", "outside": "outside",
                       "bad_hash": "sha256|hash"}
-    import re
-
     for sid, words in expected_words.items():
         record = records[sid]
         assert record["status"] == "failed", sid
