@@ -25,6 +25,9 @@ class Sample:
     # sha256 of every input file, content first, as recorded in the manifest.
     input_sha256: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    # Optional foreground masks, float32 (1, H, W) of 0s and 1s, keyed like `input_sha256`'s images
+    # ("content", "reference" or "reference_0", ...); only the images the manifest gives masks for.
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def reference(self) -> torch.Tensor:

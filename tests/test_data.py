@@ -313,6 +313,50 @@ def test_multi_reference_and_computed_hashes(dataset):
     }
 
 
+def _mask(root: Path, name: str, left_white: bool) -> str:
+    """A 96x80 greyscale mask, white on the left (or right) half; returns its manifest path."""
+    array = np.zeros((80, 96), np.uint8)
+    if left_white:
+        array[:, :48] = 255
+    else:
+        array[:, 48:] = 255
+    Image.fromarray(array, mode="L").save(root / "images" / name)
+    return f"images/{name}"
+
+
+def test_masks_load_with_the_image_geometry_and_hashes(dataset):
+    content_mask = _mask(dataset, "c1_mask.png", left_white=True)
+    reference_mask = _mask(dataset, "s1_mask.png", left_white=False)
+    rows = _rows(dataset, content_mask=content_mask, reference_mask=reference_mask,
+                 content_mask_sha256=sha256_file(dataset / content_mask))
+    sample = Manifest.load(write_manifest(rows, dataset / "manifest.csv")).load_sample("c1__s1", 40)
+    assert set(sample.masks) == {"content", "reference"}
+    # 96x80 -> short side 40 gives 48x40, the centre crop drops 4 columns each side: 20 of 40 left
+    expected = torch.zeros(1, 40, 40)
+    expected[..., :20] = 1
+    assert torch.equal(sample.masks["content"], expected)
+    assert torch.equal(sample.masks["reference"], 1 - expected)
+    assert sample.input_sha256["content_mask"] == sha256_file(dataset / content_mask)
+    assert "content_mask" not in sample.meta and "reference_mask" not in sample.meta
+    assert Manifest.load(dataset / "manifest.csv").load_sample("c1__s1+s2", 40).masks == {}
+
+
+@pytest.mark.parametrize("problem", ["count", "hash", "missing"])
+def test_bad_masks_fail_the_sample_with_a_reason(dataset, problem):
+    mask = _mask(dataset, "m.png", left_white=True)
+    overrides = {
+        "count": {"reference_mask": f"{mask};{mask}"},
+        "hash": {"content_mask": mask, "content_mask_sha256": "0" * 64},
+        "missing": {"content_mask": "images/nowhere.png"},
+    }[problem]
+    manifest = Manifest.load(write_manifest(_rows(dataset, **overrides), dataset / "manifest.csv"))
+    expected = {"count": "one mask per reference", "hash": "sha256 mismatch", "missing": "does not exist"}[problem]
+    with pytest.raises(SampleError, match=expected) as info:
+        manifest.load_sample("c1__s1", 40)
+    assert "mask" in str(info.value)
+    assert manifest.load_sample("c1__s1+s2", 40).content.shape == (3, 40, 40)
+
+
 def test_csv_and_parquet_load_the_same(dataset):
     csv = Manifest.load(write_manifest(_rows(dataset), dataset / "manifest.csv"))
     parquet = Manifest.load(write_manifest(_rows(dataset), dataset / "manifest.parquet"))

@@ -18,7 +18,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from semantix.types import SampleError
 
-__all__ = ["open_image", "resize_center_crop", "sha256_file", "to_tensor"]
+__all__ = ["open_image", "open_mask", "resize_center_crop", "sha256_file", "to_tensor"]
 
 # What to tell the user for every rejected colour format: the data_prep scripts store 8-bit RGB.
 _FIX = "convert it to 8-bit RGB (the data_prep scripts do this)"
@@ -50,19 +50,47 @@ def open_image(path: str | PathLike[str], *, min_side: int = 64, max_side: int =
     Raises `RuntimeError` when `PIL.ImageFile.LOAD_TRUNCATED_IMAGES` is set: with it, Pillow pads
     truncated files with grey instead of failing, and truncation could not be detected.
     """
+    upright = _decode(Path(path), lambda image, path: _check_header(image, path, min_side=min_side,
+                                                                     max_side=max_side))
+    # A palette image without transparency holds 8-bit RGB colours: converting it loses nothing.
+    return upright.convert("RGB") if upright.mode == "P" else upright
+
+
+def open_mask(path: str | PathLike[str], resolution: int) -> torch.Tensor:
+    """Open a foreground mask (white = foreground) as a float32 ``(1, R, R)`` tensor of 0s and 1s.
+
+    The same checks as `open_image` where they apply (missing, corrupt, truncated, too large),
+    any 8-bit mode accepted (greyscale or colour, converted to greyscale), and THE geometry of
+    the images (`resize_center_crop`), then thresholded at half intensity, so a mask stays
+    aligned with the image it belongs to.
+    """
+    def check(image: Image.Image, path: Path) -> None:
+        width, height = image.size
+        if max(width, height) > 8192:
+            raise SampleError(f"mask {path} is {width}x{height} px, larger than 8192 px on the long side.")
+        if image.mode in _SIXTEEN_BIT_MODES or image.mode == "CMYK":
+            raise SampleError(f"mask {path} has the unsupported mode {image.mode}; save it as an 8-bit "
+                              "greyscale PNG (0 = background, 255 = foreground).")
+
+    grey = _decode(Path(path), check).convert("L")
+    array = np.asarray(resize_center_crop(grey, resolution), dtype=np.uint8) >= 128
+    return torch.from_numpy(array[None].astype(np.float32))
+
+
+def _decode(path: Path, check_header) -> Image.Image:
+    """Fully decode `path` after `check_header(image, path)`; every failure as a `SampleError`."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError(
             "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (some imported code set it); semantix refuses "
             "to decode images with it because truncated files would be silently padded with grey. "
             "Set it back to False."
         )
-    path = Path(path)
     if not path.is_file():
         what = "is a directory, not an image file" if path.is_dir() else "does not exist"
         raise SampleError(f"image {path} {what}; check the path in the manifest and the dataset root.")
     try:
         with Image.open(path) as image:
-            _check_header(image, path, min_side=min_side, max_side=max_side)
+            check_header(image, path)
             image.load()
             upright = ImageOps.exif_transpose(image)  # a transposed copy, or a plain copy
     except SampleError:
@@ -71,8 +99,8 @@ def open_image(path: str | PathLike[str], *, min_side: int = 64, max_side: int =
         raise SampleError(f"image {path} cannot be read ({exc}); fix its permissions.") from exc
     except Image.DecompressionBombError as exc:
         raise SampleError(
-            f"image {path} has too many pixels to decode safely ({exc}); resize it (at most "
-            f"{max_side} px on the long side)."
+            f"image {path} has too many pixels to decode safely ({exc}); resize it (at most 8192 px "
+            "on the long side)."
         ) from exc
     except UnidentifiedImageError as exc:
         raise SampleError(
@@ -90,8 +118,7 @@ def open_image(path: str | PathLike[str], *, min_side: int = 64, max_side: int =
             f"image {path} is corrupt and cannot be decoded ({type(exc).__name__}: {exc}); "
             "replace the file or re-run the data_prep script that made it."
         ) from exc
-    # A palette image without transparency holds 8-bit RGB colours: converting it loses nothing.
-    return upright.convert("RGB") if upright.mode == "P" else upright
+    return upright
 
 
 def _check_header(image: Image.Image, path: Path, *, min_side: int, max_side: int) -> None:

@@ -14,6 +14,9 @@ domain             no        domain label (animals, food, ...) for per-domain br
 split              no        split name
 content_sha256     no        sha256 of the content file
 reference_sha256   no        sha256 of each reference file, ``;``-separated, same order
+content_mask       no        foreground mask of the content (white = foreground)
+reference_mask     no        foreground mask of each reference, ``;``-separated, same order
+                             (a ``*_mask_sha256`` column checks them like the images)
 =================  ========  ==============================================================
 
 Any other column is kept and handed to the sample as ``meta``. Paths are relative to the dataset
@@ -36,7 +39,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from semantix.data.images import open_image, sha256_file, to_tensor
+from semantix.data.images import open_image, open_mask, sha256_file, to_tensor
 from semantix.store import atomic_write_bytes
 from semantix.types import ManifestError, Sample, SampleError
 
@@ -47,7 +50,10 @@ OPTIONAL_COLUMNS = ("prompt", "domain", "split", "content_sha256", "reference_sh
 REFERENCE_SEPARATOR = ";"
 _FORMATS = {".csv": "CSV", ".parquet": "Parquet"}
 # Columns that `load_sample` maps to Sample fields; every other column goes to Sample.meta.
-_SAMPLE_FIELDS = frozenset(REQUIRED_COLUMNS + ("prompt", "domain", "content_sha256", "reference_sha256"))
+MASK_COLUMNS = ("content_mask", "reference_mask", "content_mask_sha256", "reference_mask_sha256")
+_SAMPLE_FIELDS = frozenset(
+    REQUIRED_COLUMNS + ("prompt", "domain", "content_sha256", "reference_sha256") + MASK_COLUMNS
+)
 
 Row = dict[str, str | None]
 
@@ -175,6 +181,7 @@ class Manifest:
             expected = reference_hashes[index] if reference_hashes else None
             image, input_sha256[key] = self._load_file(sample_id, key, relative, expected, resolution)
             references.append(image)
+        masks = self._load_masks(sample_id, row, reference_keys, resolution, input_sha256)
         meta: dict[str, Any] = {
             column: value for column, value in row.items() if column not in _SAMPLE_FIELDS
         }
@@ -186,7 +193,35 @@ class Manifest:
             domain=row.get("domain"),
             input_sha256=input_sha256,
             meta=meta,
+            masks=masks,
         )
+
+    def _load_masks(
+        self, sample_id: str, row: Mapping[str, Any], reference_keys: list[str], resolution: int,
+        input_sha256: dict[str, str],
+    ) -> dict[str, torch.Tensor]:
+        """The row's optional masks, keyed like the images; their hashes go to `input_sha256` as `<key>_mask`."""
+        wanted = []
+        if row.get("content_mask"):
+            wanted.append(("content", row["content_mask"], row.get("content_mask_sha256")))
+        paths = _split(row.get("reference_mask"))
+        if paths:
+            hashes = _split(row.get("reference_mask_sha256")) or [None] * len(paths)
+            if len(paths) != len(reference_keys) or len(hashes) != len(paths):
+                raise SampleError(
+                    f"sample {sample_id}: {len(reference_keys)} reference file(s) but {len(paths)} reference_mask "
+                    f"path(s) and {len(hashes)} hash(es); give one mask per reference, in the same order."
+                )
+            wanted.extend(zip(reference_keys, paths, hashes, strict=True))
+        masks = {}
+        for key, relative, expected in wanted:
+            try:
+                path = self.resolve(relative)
+                masks[key] = open_mask(path, resolution)
+            except SampleError as exc:
+                raise SampleError(f"sample {sample_id}, {key} mask: {exc}") from exc
+            input_sha256[f"{key}_mask"] = self._check_sha256(sample_id, f"{key} mask", path, expected)
+        return masks
 
     def resolve(self, relative: str) -> Path:
         """Absolute path of a manifest path, symlinks resolved; `SampleError` if it leaves the root."""
@@ -215,6 +250,10 @@ class Manifest:
             image = open_image(path)
         except SampleError as exc:
             raise SampleError(f"sample {sample_id}, {role}: {exc}") from exc
+        return to_tensor(image, resolution), self._check_sha256(sample_id, role, path, expected_sha256)
+
+    @staticmethod
+    def _check_sha256(sample_id: str, role: str, path: Path, expected_sha256: str | None) -> str:
         actual = sha256_file(path)
         if expected_sha256 is not None and expected_sha256.lower() != actual:
             raise SampleError(
@@ -222,7 +261,7 @@ class Manifest:
                 f"{expected_sha256[:12]}..., the file has {actual[:12]}...; the file changed since the "
                 "manifest was written; restore it or re-run the data_prep script."
             )
-        return to_tensor(image, resolution), actual
+        return actual
 
 
 def write_manifest(rows: Iterable[Mapping[str, Any]], path: str | PathLike[str]) -> Path:
