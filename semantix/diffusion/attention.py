@@ -12,10 +12,17 @@ hooks for the layer it sits on:
 
 - ``record``: a dict that receives the layer's projected ``q``/``k``/``v`` (``(B, N, C)``, before
   the split into heads) of the next call, for the inversion pass;
-- ``inject``: an :class:`Injection` that replaces ``k``/``v`` with given tensors (e.g. a style
-  image's, possibly several concatenated along the token axis), blends the query
-  ``gamma * q_given + (1 - gamma) * q_own`` and multiplies the attention logits by a temperature
-  (``scale = temperature / sqrt(head_dim)``).
+- ``inject``: an :class:`Injection` that, in this order,
+  1. rewrites the layer's (normalised) input hidden states before q/k/v are projected
+     (``rewrite_hidden``; Eye-for-an-eye's feature rearrangement, so q, k and v all come from the
+     rearranged features);
+  2. replaces ``k``/``v`` with given tensors (a style image's, possibly several concatenated along
+     the token axis; StyleID) or with those of other rows of the same batch (``kv_rows``;
+     Cross-Image Attention's joint batch);
+  3. blends the query ``gamma * q_given + (1 - gamma) * q_own`` (StyleID);
+  4. multiplies the attention logits by a temperature (``scale = temperature / sqrt(head_dim)``;
+     StyleID) and/or contrasts the attention map of chosen rows (``contrast``; Cross-Image
+     Attention): ``A' = clamp((A - mean_k A) * contrast + mean_k A, 0, 1)``, not renormalised.
 
 With neither set, the output is identical to ``AttnProcessor2_0`` (tested).
 
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -38,6 +45,7 @@ __all__ = [
     "InjectableAttnProcessor",
     "Injection",
     "attention_processors",
+    "contrasted_attention",
     "self_attention_layers",
 ]
 
@@ -71,10 +79,17 @@ def self_attention_layers(unet: torch.nn.Module, selectors: Sequence[str | int])
 class Injection:
     """What an :class:`InjectableAttnProcessor` substitutes in its layer's attention.
 
-    ``key``/``value``: ``(B or 1, M, C)`` projected keys/values that replace the layer's own (``None``
-    keeps them); ``query``: ``(B or 1, N, C)`` query blended in as ``gamma * query + (1 - gamma) *
-    q_own`` (``None`` or ``gamma = 0`` keeps the layer's own query); ``temperature`` multiplies the
-    logits ``q k^T / sqrt(d)``.
+    - ``rewrite_hidden``: ``(B, N, C) -> (B, N, C)``, applied to the layer's normalised input hidden
+      states before the q/k/v projections (self-attention only);
+    - ``key``/``value``: ``(B or 1, M, C)`` projected keys/values that replace the layer's own
+      (``None`` keeps them);
+    - ``kv_rows``: one source row per batch row: row ``r`` takes the keys/values of row
+      ``kv_rows[r]`` of the same call (after ``key``/``value``);
+    - ``query``: ``(B or 1, N, C)`` query blended in as ``gamma * query + (1 - gamma) * q_own``
+      (``None`` or ``gamma = 0`` keeps the layer's own query);
+    - ``temperature`` multiplies the logits ``q k^T / sqrt(d)``;
+    - ``contrast`` (``!= 1``) contrasts the attention maps of ``contrast_rows`` (``None``: all rows),
+      see :func:`contrasted_attention`.
     """
 
     key: torch.Tensor | None = None
@@ -82,6 +97,10 @@ class Injection:
     query: torch.Tensor | None = None
     gamma: float = 0.0
     temperature: float = 1.0
+    rewrite_hidden: Callable[[torch.Tensor], torch.Tensor] | None = None
+    kv_rows: Sequence[int] | None = None
+    contrast: float = 1.0
+    contrast_rows: Sequence[int] | None = None
 
 
 class InjectableAttnProcessor:
@@ -110,6 +129,11 @@ class InjectableAttnProcessor:
             attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        inj = self.inject
+        if inj is not None and inj.rewrite_hidden is not None:
+            if encoder_hidden_states is not None:
+                raise ValueError(f"{self.name}: rewrite_hidden is for self-attention layers only")
+            hidden_states = inj.rewrite_hidden(hidden_states)
 
         query = attn.to_q(hidden_states)
         if encoder_hidden_states is None:
@@ -124,16 +148,21 @@ class InjectableAttnProcessor:
             self.record.update({k: own[k].detach() for k in self.record_keys})
 
         scale = None
-        inj = self.inject
         if inj is not None:
             if inj.key is not None:
                 key = _batch(inj.key, batch_size).to(key.dtype)
             if inj.value is not None:
                 value = _batch(inj.value, batch_size).to(value.dtype)
+            if inj.kv_rows is not None:
+                if len(inj.kv_rows) != batch_size:
+                    raise ValueError(f"{self.name}: kv_rows has {len(inj.kv_rows)} rows, the layer runs batch {batch_size}")
+                rows = torch.as_tensor(list(inj.kv_rows), device=key.device)
+                key, value = key[rows], value[rows]
             if inj.query is not None and inj.gamma:
                 query = inj.gamma * _batch(inj.query, batch_size).to(query.dtype) + (1.0 - inj.gamma) * query
-            if attention_mask is not None and (inj.key is not None or inj.value is not None):
-                raise ValueError(f"{self.name}: key/value injection with an attention mask is not supported")
+            changes_kv = inj.key is not None or inj.value is not None or inj.kv_rows is not None
+            if attention_mask is not None and (changes_kv or inj.contrast != 1.0):
+                raise ValueError(f"{self.name}: key/value injection or contrast with an attention mask is not supported")
 
         inner_dim = key.shape[-1]
         head_dim = inner_dim // attn.heads
@@ -151,6 +180,11 @@ class InjectableAttnProcessor:
         hidden_states = F.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False, scale=scale
         )
+        if inj is not None and inj.contrast != 1.0:
+            rows = list(range(batch_size)) if inj.contrast_rows is None else list(inj.contrast_rows)
+            hidden_states = hidden_states.clone()
+            hidden_states[rows] = contrasted_attention(query[rows], key[rows], value[rows], inj.contrast,
+                                                       scale or 1.0 / math.sqrt(head_dim))
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)
@@ -160,6 +194,25 @@ class InjectableAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+def contrasted_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, contrast: float, scale: float,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """Attention with a contrasted map (Alaluf et al., "Cross-Image Attention", 2024, Sec. 4).
+
+    ``A = softmax(scale q k^T)``, ``A' = clamp((A - mean_k A) * contrast + mean_k A, 0, 1)`` per query
+    (the mean over keys is ``1/M``: each row of ``A`` sums to one), output ``A' v``; ``A'`` is not
+    renormalised, as in the authors' code. ``(..., N, d)`` inputs; computed in chunks of
+    ``chunk_size`` queries so the ``N x M`` map never materialises whole.
+    """
+    out = []
+    for s in range(0, query.shape[-2], chunk_size):
+        probs = torch.softmax((query[..., s:s + chunk_size, :] @ key.transpose(-1, -2)) * scale, dim=-1)
+        mean = probs.mean(dim=-1, keepdim=True)
+        out.append(((probs - mean) * contrast + mean).clamp(0.0, 1.0) @ value)
+    return torch.cat(out, dim=-2)
 
 
 def _batch(x: torch.Tensor, batch_size: int) -> torch.Tensor:
