@@ -54,6 +54,9 @@ METHODS = Registry(
         "reinhard": "semantix.methods.classical:ReinhardColorTransfer",
         "semantix": "semantix.methods.semantix:Semantix",
         "styleid": "semantix.methods.styleid:StyleID",
+        "stylegallery": "semantix.methods.stylegallery:StyleGallery",
+        "eye_for_an_eye": "semantix.methods.eye_for_an_eye:EyeForAnEye",
+        "cross_image_attention": "semantix.methods.cross_image_attention:CrossImageAttention",
         "histogram_matching": "semantix.methods.classical:HistogramMatching",
     },
 )

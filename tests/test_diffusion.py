@@ -20,10 +20,12 @@ from semantix.diffusion import (
     cfg,
     clamp_grad,
     clamped_energy_gradient,
+    cosine_correspondence,
     ddpm_step,
     flatten_locations,
     gather_matched,
     invert,
+    masked_adain,
     match_features,
     mean_std,
     nearest_neighbours,
@@ -427,6 +429,57 @@ def test_adain_matches_reference_statistics():
     )
     assert not torch.allclose(mean_std(vo, (-2, -1), eps=0)[0], mean_std(vr, (-2, -1), eps=0)[0])
 
+
+
+def test_masked_adain_matches_masked_statistics_and_keeps_the_rest():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4, 6, 6, generator=g) * 2 + 1
+    ref = torch.randn(1, 4, 6, 6, generator=g) * 0.5 - 2
+    x_mask = torch.zeros(1, 1, 6, 6)
+    x_mask[..., :3, :] = 1
+    ref_mask = torch.zeros(1, 1, 6, 6)
+    ref_mask[..., :, 4:] = 1
+    out = masked_adain(x, ref, x_mask, ref_mask)
+    inside = out[..., :3, :].flatten(-2)
+    ref_inside = ref[..., :, 4:].flatten(-2)
+    torch.testing.assert_close(inside.mean(-1), ref_inside.mean(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(inside.std(-1, correction=0), ref_inside.std(-1, correction=0), atol=1e-3, rtol=1e-3)
+    assert torch.equal(out[..., 3:, :], x[..., 3:, :])
+    ones = torch.ones(1, 1, 6, 6)
+    torch.testing.assert_close(masked_adain(x, ref, ones, ones), adain(x, ref), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="no foreground"):
+        masked_adain(x, ref, torch.zeros(1, 1, 6, 6), ones)
+
+
+def _correspondence_loop(query, keys, query_mask, key_mask):
+    """The authors' per-pixel loop: cosine of one query vector with every key, argmax."""
+    out = []
+    for n in range(query.shape[0]):
+        if query_mask is not None and not query_mask[n]:
+            out.append(-1)
+            continue
+        best, best_score = -1, -math.inf
+        q = query[n] / query[n].norm()
+        for m in range(keys.shape[0]):
+            if key_mask is not None and not key_mask[m]:
+                continue
+            score = float(q @ (keys[m] / keys[m].norm()))
+            if score > best_score:
+                best, best_score = m, score
+        out.append(best)
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_cosine_correspondence_equals_a_per_pixel_loop(masked):
+    g = torch.Generator().manual_seed(4)
+    query, keys = torch.randn(36, 8, generator=g), torch.randn(30, 8, generator=g) * 3
+    query_mask = torch.rand(36, generator=g) > 0.3 if masked else None
+    key_mask = torch.rand(30, generator=g) > 0.5 if masked else None
+    fast = cosine_correspondence(query, keys, query_mask, key_mask, chunk_size=7)
+    assert torch.equal(fast, _correspondence_loop(query, keys, query_mask, key_mask))
+    if masked:
+        assert bool(key_mask[fast[query_mask]].all()) and bool((fast[~query_mask] == -1).all())
 
 # ----------------------------------------------------------------------------------------------
 # Energies

@@ -3,7 +3,7 @@ with CFG, feature-capture hooks, feature matching with positional encoding, AdaI
 Semantix energy terms. Used by the Semantix sampler and by the baselines.
 """
 
-from .adain import adain, mean_std
+from .adain import adain, masked_adain, mean_std
 from .ddpm import (
     DDPMStepper,
     EpsFn,
@@ -28,6 +28,7 @@ from .eps import UNetEpsFn
 from .features import capture_block_outputs
 from .matching import (
     augment_with_pe,
+    cosine_correspondence,
     flatten_locations,
     match_features,
     nearest_neighbours,
@@ -45,10 +46,12 @@ __all__ = [
     "cfg",
     "clamp_grad",
     "clamped_energy_gradient",
+    "cosine_correspondence",
     "ddpm_step",
     "flatten_locations",
     "gather_matched",
     "invert",
+    "masked_adain",
     "match_features",
     "mean_std",
     "nearest_neighbours",

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["adain", "mean_std"]
+__all__ = ["adain", "masked_adain", "mean_std"]
 
 
 def mean_std(x: torch.Tensor, dims: Sequence[int], eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,3 +34,26 @@ def adain(
     mx, sx = mean_std(x, dims, eps)
     mr, sr = mean_std(ref, dims, eps)
     return (x - mx) / sx * sr + mr
+
+
+def masked_adain(
+    x: torch.Tensor, ref: torch.Tensor, x_mask: torch.Tensor, ref_mask: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
+    """AdaIN restricted to masked regions (Cross-Image Attention's and Eye-for-an-eye's masked AdaIN).
+
+    Per-channel mean and std of ``x`` over ``x_mask`` and of ``ref`` over ``ref_mask`` (population
+    variance plus ``eps``, as :func:`adain`); the masked locations of ``x`` get
+    ``std_ref (x - mean_x) / std_x + mean_ref``, the others stay as they are. ``x``, ``ref``:
+    ``(B, C, h, w)``; masks ``(B or 1, 1, h, w)`` of 0s and 1s, each with at least one 1.
+    """
+    def stats(t: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = m.sum(dim=(-2, -1), keepdim=True)
+        if bool((count == 0).any()):
+            raise ValueError("masked_adain: a mask has no foreground location")
+        mean = (t * m).sum(dim=(-2, -1), keepdim=True) / count
+        var = ((t - mean) ** 2 * m).sum(dim=(-2, -1), keepdim=True) / count
+        return mean, torch.sqrt(var + eps)
+
+    mx, sx = stats(x, x_mask)
+    mr, sr = stats(ref, ref_mask)
+    return x * (1 - x_mask) + ((x - mx) / sx * sr + mr) * x_mask

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "augment_with_pe",
+    "cosine_correspondence",
     "flatten_locations",
     "match_features",
     "nearest_neighbours",
@@ -142,3 +143,34 @@ def match_features(
     q = augment_with_pe(f_query, lambda_pe, pe_dim, max_frequency)
     keys = torch.cat([augment_with_pe(r, lambda_pe, pe_dim, max_frequency) for r in refs], dim=-2)
     return nearest_neighbours(q, keys, chunk_size)
+
+
+@torch.no_grad()
+def cosine_correspondence(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    query_mask: torch.Tensor | None = None,
+    key_mask: torch.Tensor | None = None,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """For each query location, the key location of highest cosine similarity (Eye-for-an-eye, Go et al. 2024).
+
+    ``query (N, C)``, ``keys (M, C)``; optional boolean masks ``(N,)``/``(M,)``: only keys inside
+    ``key_mask`` can be matched, and queries outside ``query_mask`` get ``-1`` (left unmatched).
+    Returns ``(N,)`` int64 indices into ``keys``. The authors loop over query pixels in Python;
+    this is one chunked matmul + argmax (:func:`nearest_neighbours`), tested against such a loop.
+    """
+    q = F.normalize(query.float(), dim=-1)
+    k = F.normalize(keys.float(), dim=-1)
+    candidates = None
+    if key_mask is not None:
+        candidates = key_mask.nonzero().squeeze(1)
+        if candidates.numel() == 0:
+            raise ValueError("cosine_correspondence: the key mask selects no location")
+        k = k[candidates]
+    indices, _ = nearest_neighbours(q, k, chunk_size)
+    if candidates is not None:
+        indices = candidates[indices]
+    if query_mask is not None:
+        indices = torch.where(query_mask, indices, torch.full_like(indices, -1))
+    return indices

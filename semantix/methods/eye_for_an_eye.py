@@ -1,0 +1,126 @@
+"""Eye-for-an-eye: appearance transfer by explicit semantic correspondence.
+
+Go, Choi, Shin, Uh, "Eye-for-an-eye: Appearance Transfer with Semantic Correspondence in Diffusion
+Models", arXiv 2406.07008 (2024). Written from the paper and ../shared/spec/baselines.md; the
+authors' code (sooyeon-go/eye_for_an_eye) was read to understand it, not copied. Defaults in
+conf/method/eye_for_an_eye.yaml; our reading in docs/baselines.md.
+
+Settings (paper / authors' configuration): Stable Diffusion 1.5 at 512 px; edit-friendly DDPM
+inversion of the structure and the appearance image, 100 steps, CFG 3.5, prompt "A photo of a
+{domain}"; denoising skips the first 32 steps (68 run), CFG 2.5; the three latents (output,
+appearance, structure) are denoised together. In the decoder self-attention layers at 32x32 and
+64x64 (SD1.5's up_blocks 2 and 3, six layers), for denoising steps 10 to 70 and in the conditional
+pass only, before the attention each output location's hidden state is replaced by the appearance
+image's hidden state at its most similar location (cosine on that layer's hidden states), so the
+queries, keys and values all come from the rearranged features; at steps 10, 15, ..., 35 the
+structure image's own hidden states replace the output's instead. With foreground masks, matching
+is restricted to the foregrounds and the output latent's foreground statistics are matched to the
+appearance's (masked AdaIN) after steps 49 to 67. Without masks the method runs unmasked (the
+authors' code requires them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from semantix.diffusion import cfg, cosine_correspondence, masked_adain
+from semantix.diffusion.attention import InjectableAttnProcessor, Injection, attention_processors
+from semantix.methods.appearance import (
+    APPEARANCE,
+    OUTPUT,
+    STRUCTURE,
+    JointAppearanceTransfer,
+    mask_at,
+    tokens_side,
+)
+from semantix.types import MethodOutput, Sample
+
+
+class EyeForAnEye(JointAppearanceTransfer):
+    def __init__(
+        self,
+        num_steps: int = 100,
+        skip_steps: int = 32,
+        inversion_guidance_scale: float = 3.5,
+        guidance_scale: float = 2.5,
+        prompt: str = "A photo of a {domain}",
+        default_domain: str = "object",
+        layers: Sequence[str | int] = ("up_blocks.2", "up_blocks.3"),
+        step_ranges: Sequence[Sequence[int]] = ((10, 70), (10, 70)),
+        structure_every: int | None = 5,
+        structure_until: int = 40,
+        inject: bool = True,
+        use_masks: bool = True,
+        stats_start_step: int | None = 49,
+        match_chunk_size: int = 1024,
+        cache_inversions: bool = True,
+    ):
+        super().__init__(num_steps, skip_steps, inversion_guidance_scale, prompt, default_domain, layers,
+                         step_ranges, structure_every, structure_until, inject, use_masks, cache_inversions)
+        self.guidance_scale = guidance_scale
+        self.stats_start_step = stats_start_step
+        self.match_chunk_size = match_chunk_size
+
+    # -- the algorithm -------------------------------------------------------------------------------
+    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
+        prompt = self.prompt_for(sample)
+        # 1. Edit-friendly DDPM inversion of the structure and the appearance image (CFG 3.5).
+        structure, appearance, used = self.invert_inputs(sample, prompt, generator.initial_seed())
+        masks = self.masks(sample)
+        # 2. Joint denoising of [output, appearance, structure] from step `skip_steps`.
+        x, zs = self.joint_start(structure, appearance)
+        cond = self.backbone.encode_prompt([prompt]).expand(3, -1, -1)
+        uncond = self.uncond_embedding.expand(3, -1, -1)
+        latent_masks = None
+        if masks is not None:
+            latent_masks = [mask_at(m, x.shape[-1], sample.sample_id) for m in masks]
+        processors = {name: InjectableAttnProcessor(name) for name in self.layer_ranges}
+        with torch.no_grad(), attention_processors(self.unet, processors):
+            for r in self.run_steps:
+                i = self.skip_steps + r
+                t = self.stepper.timesteps[i]
+                # 2a. Unconditional pass: plain attention.
+                for proc in processors.values():
+                    proc.inject = None
+                eps_uncond = self.predict(x, t, uncond)
+                # 2b. Conditional pass: output features rearranged by correspondence (or the structure's).
+                active = self.active_layers(r)
+                rewrite = self._rewrite(r, masks, sample.sample_id)
+                for name, proc in processors.items():
+                    proc.inject = Injection(rewrite_hidden=rewrite) if name in active else None
+                eps_cond = self.predict(x, t, cond)
+                # 2c. CFG 2.5 and the DDPM step of each row with its own noise map.
+                x = self.stepper.step(x, cfg(eps_uncond, eps_cond, self.guidance_scale), i, zs[r])
+                # 2d. Late masked colour-statistics matching of the output to the appearance.
+                if latent_masks is not None and self.stats_start_step is not None and r >= self.stats_start_step:
+                    x[OUTPUT:OUTPUT + 1] = masked_adain(x[OUTPUT:OUTPUT + 1], x[APPEARANCE:APPEARANCE + 1],
+                                                        *latent_masks)
+        # 3. Decode the output row.
+        image = self.backbone.decode_latents(x[OUTPUT:OUTPUT + 1])[0]
+        return MethodOutput(image=image, diagnostics={"num_references_used": used, "masked": masks is not None,
+                                                      "prompt": prompt})
+
+    # -- pieces --------------------------------------------------------------------------------------
+    def _rewrite(self, r: int, masks, sample_id: str):
+        """The hidden-state rewrite of run step `r` for rows [output, appearance, structure]."""
+        if self.is_structure_step(r):
+            def to_structure(hidden: torch.Tensor) -> torch.Tensor:
+                out = hidden.clone()
+                out[OUTPUT] = hidden[STRUCTURE]
+                return out
+            return to_structure
+
+        def by_correspondence(hidden: torch.Tensor) -> torch.Tensor:
+            out_mask = ref_mask = None
+            if masks is not None:
+                side = tokens_side(hidden.shape[1])
+                out_mask, ref_mask = (mask_at(m, side, sample_id).flatten().bool() for m in masks)
+            indices = cosine_correspondence(hidden[OUTPUT], hidden[APPEARANCE], out_mask, ref_mask,
+                                            self.match_chunk_size)
+            matched = indices >= 0
+            out = hidden.clone()
+            out[OUTPUT, matched] = hidden[APPEARANCE, indices[matched]]
+            return out
+        return by_correspondence
