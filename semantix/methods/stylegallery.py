@@ -1,0 +1,447 @@
+"""StyleGallery-style region matching: semantic regions, cross-image region matching, regional
+attention distillation.
+
+He, Ye, Liu, Wu, Liu, Cai, "StyleGallery", CVPR 2026 (arXiv 2603.10354). Written from the facts in
+../shared/spec/baselines.md (section "StyleGallery-style region matching"), which are what we follow;
+the loss is the one of Attention Distillation (Zhou et al., "Attention Distillation: A Unified
+Approach to Visual Characteristics Transfer", CVPR 2025), whose public code (xugao97/
+AttentionDistillation) was read to understand the optimisation loop, not copied. Defaults in
+conf/method/stylegallery.yaml; our readings are listed in docs/baselines.md.
+
+Settings followed ([spec]): an empty prompt; DDIM inversion of each image over 15 steps, capturing
+the output of the decoder block at 64x64 for SD1.5 (``up_blocks.3``); step features averaged with
+weights growing towards the less noisy steps; PCA to 60 components; K-means for k = 2..10, k by
+silhouette score; clusters merged when their mean distance is below 0.85; regions under 20 pixels
+relabelled to their most common neighbour; optional depth-guided splitting (off). Region matching
+over all reference images by 0.25 x feature-statistics similarity + 1.0 x semantic similarity of
+pooled features (backbone features, or DINOv2 when configured) + 0.125 x positional overlap.
+Transfer: Adam (lr 0.05, 150 steps) on the output latent, initialised from the content latent,
+minimising the L1 distance between the output's self-attention outputs and those recomputed with
+the keys/values of the matched reference regions (self-attention layers of up_blocks 2 and 3) plus
+0.26 x the L1 distance between the output's and the content's self-attention queries; decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from semantix.diffusion.attention import self_attention_layers
+from semantix.diffusion.cache import TensorCache
+from semantix.diffusion.ddim import ddim_invert
+from semantix.diffusion.eps import UNetEpsFn
+from semantix.diffusion.features import capture_block_outputs
+from semantix.diffusion.regions import (
+    STEP_WEIGHTINGS,
+    RegionMatch,
+    cluster_regions,
+    cosine_similarity_matrix,
+    match_regions,
+    merge_close_clusters,
+    pooled_region_features,
+    positional_overlap,
+    region_statistics,
+    regional_attention,
+    remove_small_regions,
+    split_regions_by_depth,
+    statistics_similarity,
+    step_weights,
+    token_grid,
+    token_labels,
+    token_region_masks,
+    weighted_features,
+)
+from semantix.methods.base import Method
+from semantix.methods.semantix import _reference_keys
+from semantix.types import MethodOutput, Sample, WeightsNotFoundError
+
+SEMANTIC_FEATURES = ("backbone", "dinov2")
+FEATURE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DINOV2_SIZE = 224  # [ours] DINOv2 input side (16 x 16 patches of 14 px)
+
+
+@dataclass
+class ImageRegions:
+    """Stage-1 result for one image: ``labels`` ``(h, w)`` on the region block's grid, ``0..R-1``."""
+
+    labels: np.ndarray
+    k: int  # chosen by the silhouette score
+    silhouette: dict[int, float]
+    num_merged: int  # clusters left after merging
+    depth_split: bool
+
+    @property
+    def num_regions(self) -> int:
+        return int(self.labels.max()) + 1
+
+    def summary(self, image: str) -> dict:
+        return {"image": image, "k": self.k, "silhouette": {str(k): s for k, s in self.silhouette.items()},
+                "clusters_after_merge": self.num_merged, "regions": self.num_regions,
+                "depth_split": self.depth_split}
+
+
+class StyleGallery(Method):
+    uses_backbone = True
+
+    def __init__(
+        self,
+        # Stage 1: semantic regions
+        inversion_steps: int = 15,
+        prompt: str = "",
+        region_block: str = "up_blocks.3",
+        step_weighting: str = "linear",
+        normalize_features: bool = True,
+        pca_components: int = 60,
+        k_min: int = 2,
+        k_max: int = 10,
+        kmeans_n_init: int = 10,
+        silhouette_sample_size: int | None = None,
+        merge_threshold: float = 0.85,
+        min_region_pixels: int = 20,
+        depth_split: bool = False,
+        depth_model: str | None = None,
+        depth_split_gap: float = 0.2,
+        # Stage 2: region matching
+        weight_statistics: float = 0.25,
+        weight_semantic: float = 1.0,
+        weight_position: float = 0.125,
+        semantic_features: str = "backbone",
+        dinov2_weights: str | None = None,
+        # Stage 3: transfer
+        attention_layers: Sequence[str | int] = ("up_blocks.2", "up_blocks.3"),
+        content_weight: float = 0.26,
+        learning_rate: float = 0.05,
+        opt_steps: int = 150,
+        opt_timestep: int | None = None,
+        cache_inversions: bool = True,
+        feature_dtype: str = "float16",
+    ):
+        if step_weighting not in STEP_WEIGHTINGS:
+            raise ValueError(f"step_weighting must be one of {STEP_WEIGHTINGS}, got {step_weighting!r}")
+        if semantic_features not in SEMANTIC_FEATURES:
+            raise ValueError(f"semantic_features must be one of {SEMANTIC_FEATURES}, got {semantic_features!r}")
+        if semantic_features == "dinov2" and not dinov2_weights:
+            raise ValueError("semantic_features: dinov2 needs DINOv2 weights: set the config key `dinov2_weights` "
+                             "(a local transformers Dinov2Model folder, a hub id already in the cache, or `random`)")
+        if depth_split and not depth_model:
+            raise ValueError("depth_split: true needs a depth model: set the config key `depth_model` to a local "
+                             "transformers depth-estimation model folder (e.g. DPT or Depth Anything), or set "
+                             "`depth_split: false`")
+        if feature_dtype not in FEATURE_DTYPES:
+            raise ValueError(f"feature_dtype must be one of {sorted(FEATURE_DTYPES)}, got {feature_dtype!r}")
+        if not 2 <= k_min <= k_max:
+            raise ValueError(f"need 2 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
+        if opt_steps < 0 or inversion_steps < 1:
+            raise ValueError(f"need opt_steps >= 0 and inversion_steps >= 1, got {opt_steps}, {inversion_steps}")
+        self.inversion_steps = inversion_steps
+        self.prompt = prompt
+        self.region_block = region_block
+        self.step_weighting = step_weighting
+        self.normalize_features = normalize_features
+        self.pca_components = pca_components
+        self.k_range = (k_min, k_max)
+        self.kmeans_n_init = kmeans_n_init
+        self.silhouette_sample_size = silhouette_sample_size
+        self.merge_threshold = merge_threshold
+        self.min_region_pixels = min_region_pixels
+        self.depth_split = depth_split
+        self.depth_model_path = depth_model
+        self.depth_split_gap = depth_split_gap
+        self.match_weights = (float(weight_statistics), float(weight_semantic), float(weight_position))
+        self.semantic_features = semantic_features
+        self.dinov2_weights = dinov2_weights
+        self.layer_selectors = list(attention_layers)
+        self.content_weight = float(content_weight)
+        self.learning_rate = float(learning_rate)
+        self.opt_steps = opt_steps
+        self.opt_timestep = opt_timestep
+        self.cache_inversions = cache_inversions
+        self.feature_dtype = FEATURE_DTYPES[feature_dtype]
+        self.dinov2 = None  # set in prepare when configured
+        self.depth = None
+
+    # -- set-up --------------------------------------------------------------------------------------
+    def prepare(self, backbone, cache_dir: Path) -> None:
+        self.backbone = backbone
+        self.unet = backbone.unet
+        try:
+            self.unet.get_submodule(self.region_block)
+        except AttributeError:
+            known = [f"up_blocks.{i}" for i in range(len(self.unet.up_blocks))]
+            raise ValueError(f"region_block {self.region_block!r} not in the UNet; decoder blocks: {known}") from None
+        self.layers = self_attention_layers(self.unet, self.layer_selectors)
+        self.heads = {name: int(self.unet.get_submodule(name).heads) for name in self.layers}
+        self.inversion_scheduler = backbone.make_scheduler("ddim")
+        self.inversion_scheduler.set_timesteps(self.inversion_steps)
+        self.opt_timesteps = self._optimisation_timesteps(backbone)
+        self.embedding = backbone.encode_prompt([self.prompt])
+        self.cache = TensorCache(Path(cache_dir), enabled=self.cache_inversions)
+        device = backbone.device
+        self.dinov2 = _load_dinov2(self.dinov2_weights).to(device) if self.semantic_features == "dinov2" else None
+        self.depth = _load_depth_model(self.depth_model_path, device) if self.depth_split else None
+
+    def _optimisation_timesteps(self, backbone) -> list[int]:
+        """One UNet timestep per Adam step: a fixed ``opt_timestep``, or (default) the ``opt_steps``
+        timesteps of a DDIM schedule, noisiest first, as Attention Distillation's optimisation loop."""
+        if self.opt_steps == 0:
+            return []
+        if self.opt_timestep is not None:
+            return [int(self.opt_timestep)] * self.opt_steps
+        scheduler = backbone.make_scheduler("ddim")
+        scheduler.set_timesteps(self.opt_steps)
+        return [int(t) for t in scheduler.timesteps]
+
+    # -- the algorithm -------------------------------------------------------------------------------
+    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
+        random_state = int(torch.randint(0, 2**31 - 1, (), generator=generator))  # K-means seeds
+        images = [sample.content, *sample.references]
+        names = ["content", *(f"reference_{j}" for j in range(len(sample.references)))]
+        hashes = [sample.input_sha256.get(k) for k in ["content", *_reference_keys(len(sample.references))]]
+
+        # Stage 1: semantic regions of the content and of every reference image, from step-weighted
+        # decoder features of a short inversion: PCA, K-means (k by silhouette), merge, clean-up.
+        features = [self.decoder_features(image, sha) for image, sha in zip(images, hashes, strict=True)]
+        regions = [self.semantic_regions(f, image, random_state) for f, image in zip(features, images, strict=True)]
+
+        # Stage 2: each content region gets the best-scoring region of any reference image.
+        matches = self.match(images, features, regions)
+
+        # Stage 3: energy-guided optimisation of the output latent (regional attention distillation
+        # + content loss), starting from the content latent; decode.
+        latents = [self.backbone.encode_images(image[None].to(self.backbone.device)) for image in images]
+        latent, trace = self.optimise(latents[0], latents[1:], regions[0], regions[1:], matches)
+        return MethodOutput(
+            image=self.backbone.decode_latents(latent)[0],
+            diagnostics={
+                "num_references": len(sample.references),
+                "regions": [r.summary(name) for r, name in zip(regions, names, strict=True)],
+                "matches": [m.to_dict() for m in matches],
+                **trace,
+            },
+        )
+
+    # -- stage 1 -------------------------------------------------------------------------------------
+    def decoder_features(self, image: torch.Tensor, image_sha256: str | None) -> torch.Tensor:
+        """``(C, h, w)`` output of ``region_block`` averaged over the inversion steps (step weights).
+
+        The per-step features of the DDIM inversion (empty prompt, no CFG) come from the on-disk
+        cache when an identical inversion was made before.
+        """
+        key = {
+            "kind": "stylegallery-features",
+            "backbone": self.backbone.provenance,
+            "image_sha256": image_sha256 or hashlib.sha256(image.numpy().tobytes()).hexdigest(),
+            "resolution": tuple(image.shape[-2:]),
+            "num_steps": self.inversion_steps,
+            "scheduler": "ddim",
+            "prompt": self.prompt,
+            "block": self.region_block,
+            "feature_dtype": str(self.feature_dtype),
+        }
+
+        def compute() -> dict:
+            latent = self.backbone.encode_images(image[None].to(self.backbone.device))
+            eps_fn = UNetEpsFn(self.unet, self.embedding, capture=(self.region_block,))
+
+            def eps_with_features(x, t):
+                eps, feats = eps_fn(x, t)
+                return eps, feats[self.region_block][0].detach().to(self.feature_dtype).cpu()
+
+            inversion = ddim_invert(latent, eps_with_features, self.inversion_scheduler)
+            return {"format": "semantix.stylegallery_features/1", "timesteps": list(inversion.timesteps),
+                    "features": torch.stack(inversion.features)}
+
+        payload = self.cache.get_or_compute(key, compute)
+        steps = payload["features"]  # (T, C, h, w), noisiest step first
+        if payload.get("format") != "semantix.stylegallery_features/1" or steps.shape[0] != self.inversion_steps:
+            raise ValueError(f"unexpected stylegallery feature cache entry for {key['image_sha256']}")
+        return weighted_features(steps.to(self.backbone.device), step_weights(steps.shape[0], self.step_weighting))
+
+    def semantic_regions(self, features: torch.Tensor, image: torch.Tensor, random_state: int) -> ImageRegions:
+        """Label map of one image: cluster, merge close clusters, (depth split), remove small regions."""
+        clustering = cluster_regions(
+            features, k_min=self.k_range[0], k_max=self.k_range[1], pca_components=self.pca_components,
+            random_state=random_state, n_init=self.kmeans_n_init, normalize=self.normalize_features,
+            silhouette_sample_size=self.silhouette_sample_size,
+        )
+        labels = merge_close_clusters(clustering.labels, clustering.reduced, self.merge_threshold)
+        num_merged = int(labels.max()) + 1
+        if self.depth is not None:
+            labels = split_regions_by_depth(labels, self._depth_map(image, labels.shape), self.depth_split_gap)
+        labels = remove_small_regions(labels, self.min_region_pixels)
+        return ImageRegions(labels, clustering.k, clustering.silhouette, num_merged, self.depth is not None)
+
+    def _depth_map(self, image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        processor, model = self.depth
+        pixels = (image.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        inputs = processor(images=pixels, return_tensors="pt").to(next(model.parameters()).device)
+        with torch.no_grad():
+            depth = model(**inputs).predicted_depth  # (1, h', w')
+        depth = F.interpolate(depth[:, None].float(), size=size, mode="bilinear", align_corners=False)
+        return depth[0, 0].cpu().numpy()
+
+    # -- stage 2 -------------------------------------------------------------------------------------
+    def match(self, images: list[torch.Tensor], features: list[torch.Tensor],
+              regions: list[ImageRegions]) -> list[RegionMatch]:
+        """Best reference region for every content region, over all reference images.
+
+        The decoder features are first standardised per channel over all images' locations
+        together, so statistics and pooled features of different images share one scale.
+        """
+        flat = torch.cat([f.flatten(1) for f in features], dim=1)
+        mean, std = flat.mean(1)[:, None, None], flat.std(1).clamp_min(1e-6)[:, None, None]
+        standardised = [(f - mean) / std for f in features]
+        stats = [region_statistics(f, r.labels) for f, r in zip(standardised, regions, strict=True)]
+        semantic_maps = [self._dinov2_tokens(image) for image in images] if self.dinov2 is not None else standardised
+        pooled = [pooled_region_features(m, r.labels, r.num_regions)
+                  for m, r in zip(semantic_maps, regions, strict=True)]
+        content = regions[0]
+        refs = range(1, len(images))
+        return match_regions(
+            statistics=[statistics_similarity(*stats[0], *stats[j]) for j in refs],
+            semantic=[cosine_similarity_matrix(pooled[0], pooled[j]) for j in refs],
+            position=[positional_overlap(content.labels, regions[j].labels) for j in refs],
+            weights=self.match_weights,
+        )
+
+    @torch.no_grad()
+    def _dinov2_tokens(self, image: torch.Tensor) -> torch.Tensor:
+        """DINOv2 patch tokens of the last layer as a ``(D, 16, 16)`` map (CLS token dropped)."""
+        from semantix.metrics.inputs import IMAGENET_MEAN, IMAGENET_STD
+
+        model = self.dinov2
+        device = next(model.parameters()).device
+        x = F.interpolate(image[None].float(), size=(DINOV2_SIZE, DINOV2_SIZE), mode="bicubic", align_corners=False,
+                          antialias=True).clamp(0, 1)
+        x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+        tokens = model(pixel_values=x.to(device)).last_hidden_state[0, 1:]
+        side = DINOV2_SIZE // model.config.patch_size
+        return tokens.reshape(side, side, -1).permute(2, 0, 1).float()
+
+    # -- stage 3 -------------------------------------------------------------------------------------
+    def optimise(self, content_latent: torch.Tensor, reference_latents: list[torch.Tensor],
+                 content_regions: ImageRegions, reference_regions: list[ImageRegions],
+                 matches: list[RegionMatch]) -> tuple[torch.Tensor, dict]:
+        """Adam on the output latent (from the content latent) against the regional style loss plus
+        ``content_weight`` x the query content loss; one step per timestep of ``opt_timesteps``."""
+        match = torch.tensor([m.global_region for m in matches], dtype=torch.long, device=content_latent.device)
+        z = content_latent.detach().clone().float().requires_grad_(True)
+        optimiser = torch.optim.Adam([z], lr=self.learning_rate)
+        grids: dict[str, tuple] = {}
+        trace: dict[str, list[torch.Tensor]] = {"loss_style": [], "loss_content": [], "loss": []}
+        for t in self.opt_timesteps:
+            with torch.no_grad():
+                content = self._attention_tensors(content_latent, t, ("q",))
+                references = [self._attention_tensors(r, t, ("k", "v")) for r in reference_latents]
+            optimiser.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                output = self._attention_tensors(z, t, ("q", "k", "v"))
+                style_loss = content_loss = 0.0
+                for layer in self.layers:
+                    q, k, v = (output[layer][n].float() for n in ("q", "k", "v"))
+                    k_ref = torch.cat([r[layer]["k"] for r in references], dim=1).float()
+                    v_ref = torch.cat([r[layer]["v"] for r in references], dim=1).float()
+                    if layer not in grids:
+                        grids[layer] = self._region_tokens(q.shape[1], [r[layer]["k"].shape[1] for r in references],
+                                                           content_latent, reference_latents, content_regions,
+                                                           reference_regions)
+                    query_regions, key_masks = grids[layer]
+                    with torch.no_grad():  # the target is a constant (stop-gradient), as in AD
+                        target = regional_attention(q, k_ref, v_ref, self.heads[layer], query_regions, key_masks,
+                                                    match, check=False)
+                    own = _attention(q, k, v, self.heads[layer])
+                    style_loss = style_loss + F.l1_loss(own, target)
+                    content_loss = content_loss + F.l1_loss(q, content[layer]["q"].float())
+                loss = style_loss + self.content_weight * content_loss
+                loss.backward()
+            optimiser.step()
+            for name, value in (("loss_style", style_loss), ("loss_content", content_loss), ("loss", loss)):
+                trace[name].append(value.detach())
+        # One device sync for the whole trace, after the loop.
+        diagnostics = {name: torch.stack(values).tolist() if values else [] for name, values in trace.items()}
+        return z.detach(), diagnostics
+
+    def _attention_tensors(self, latent: torch.Tensor, t: int, which: tuple[str, ...]) -> dict[str, dict]:
+        """Projected q/k/v ``(1, N, C)`` of every chosen self-attention layer for one UNet pass on the
+        (clean) latent at timestep ``t``; not detached, so gradients reach ``latent``."""
+        paths = {f"{layer}.to_{n}": (layer, n) for layer in self.layers for n in which}
+        dtype = self.unet.dtype
+        with capture_block_outputs(self.unet, list(paths)) as captured:
+            self.unet(latent.to(dtype), t, encoder_hidden_states=self.embedding.to(dtype))
+        out: dict[str, dict] = {layer: {} for layer in self.layers}
+        for path, (layer, n) in paths.items():
+            out[layer][n] = captured[path]
+        return out
+
+    @staticmethod
+    def _region_tokens(num_queries: int, num_keys: list[int], content_latent: torch.Tensor,
+                       reference_latents: list[torch.Tensor], content_regions: ImageRegions,
+                       reference_regions: list[ImageRegions]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Content region of each query token and the ``(G, M)`` key masks of all reference regions
+        (block-diagonal over the references, whose tokens are concatenated) on a layer's grid."""
+        device = content_latent.device
+        query_regions = token_labels(content_regions.labels,
+                                     token_grid(tuple(content_latent.shape[-2:]), num_queries),
+                                     content_regions.num_regions)
+        blocks = [token_region_masks(r.labels, token_grid(tuple(lat.shape[-2:]), m), r.num_regions)
+                  for r, lat, m in zip(reference_regions, reference_latents, num_keys, strict=True)]
+        key_masks = torch.zeros(sum(b.shape[0] for b in blocks), sum(num_keys), dtype=torch.bool)
+        row = col = 0
+        for b in blocks:
+            key_masks[row:row + b.shape[0], col:col + b.shape[1]] = b
+            row, col = row + b.shape[0], col + b.shape[1]
+        # token_region_masks keeps every region on every grid, so every query has keys (no check later).
+        assert bool(key_masks.any(dim=1).all()), "a reference region vanished on a token grid"
+        return query_regions.to(device), key_masks.to(device)
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Plain multi-head self-attention output (before the output projection), ``(B, N, C)``."""
+    b, n, c = q.shape
+    split = [x.reshape(b, x.shape[1], heads, c // heads).transpose(1, 2) for x in (q, k, v)]
+    return F.scaled_dot_product_attention(*split).transpose(1, 2).reshape(b, n, c)
+
+
+def _load_dinov2(weights: str):
+    """DINOv2 (transformers ``Dinov2Model``, eval, frozen): a local folder, a cached hub id, or
+    ``random`` (seeded random ViT-B/14 weights: code paths only)."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from semantix.metrics.weights import is_random, offline, seeded
+
+    if is_random(weights):
+        model = seeded(lambda: Dinov2Model(Dinov2Config()))
+    else:
+        try:
+            model = Dinov2Model.from_pretrained(weights, local_files_only=offline())
+        except OSError as error:
+            raise WeightsNotFoundError(
+                f"dinov2_weights: DINOv2 weights not found (value {weights!r}); expected a folder with config.json "
+                f"and model.safetensors (Dinov2Model.save_pretrained) or a hub id already in the Hugging Face "
+                f"cache (e.g. facebook/dinov2-base). Or set semantic_features: backbone. Cause: {error}"
+            ) from error
+    return model.eval().requires_grad_(False)
+
+
+def _load_depth_model(path: str, device):
+    """A transformers depth-estimation model and its image processor from a local folder."""
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    from semantix.metrics.weights import offline
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(path, local_files_only=offline())
+        model = AutoModelForDepthEstimation.from_pretrained(path, local_files_only=offline())
+    except OSError as error:
+        raise WeightsNotFoundError(
+            f"depth_model: depth-estimation model not found (value {path!r}); expected a transformers "
+            f"AutoModelForDepthEstimation folder (e.g. a saved DPT or Depth Anything), or set depth_split: false. "
+            f"Cause: {error}"
+        ) from error
+    return processor, model.to(device).eval().requires_grad_(False)
