@@ -27,12 +27,13 @@ def test_default_demo_run_and_resume(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     dirs = run_dirs(results)
     assert {d.name.rsplit("-", 1)[0] for d in dirs} == {"identity", "reinhard", "histogram_matching", "semantix_20steps",
-                                                        "styleid_20steps"}
+                                                        "styleid_20steps", "stylegallery_fast", "eye_for_an_eye_20steps",
+                                                        "cross_image_attention_20steps"}
     assert all(d.parts[-4:-1] == ("demo", "demo", "tiny") for d in dirs)
     log = first.stdout + first.stderr
     assert str(dirs[0]) in log and "leaderboard.csv" in log
     table = pd.read_csv(results / "leaderboard.csv")
-    assert len(table) == 5 and (table["n_failed"] == 0).all()
+    assert len(table) == 8 and (table["n_failed"] == 0).all()
     assert table.set_index("method").loc["semantix_20steps", "weights"].startswith("RANDOM")
     assert {"ssim_grey_mean", "colour_histogram_mean"} <= set(table.columns)
     by_method = table.set_index("method")
