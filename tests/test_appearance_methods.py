@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -151,37 +148,3 @@ def test_processors_are_restored_after_a_call_and_after_an_exception(make, demo,
     with pytest.raises(RuntimeError, match="boom"):
         method(single(demo), seed())
     assert all(method.unet.attn_processors[k] is v for k, v in before.items())
-
-
-FRESH = textwrap.dedent("""
-    import sys, torch
-    from semantix.backbones import build_tiny
-    from semantix.data import demo_manifest_path
-    from semantix.data.manifest import Manifest
-    from semantix.methods.cross_image_attention import CrossImageAttention
-    from semantix.methods.eye_for_an_eye import EyeForAnEye
-    cls = {"eye_for_an_eye": EyeForAnEye, "cross_image_attention": CrossImageAttention}[sys.argv[1]]
-    manifest = Manifest.load(demo_manifest_path())
-    sample = manifest.load_sample(sys.argv[2], 64)
-    method = cls(**eval(sys.argv[3]))
-    method.prepare(build_tiny(), sys.argv[4])
-    torch.save(method(sample, torch.Generator().manual_seed(0)).image, sys.argv[5])
-""")
-
-
-@pytest.mark.parametrize("name", METHODS)
-def test_after_other_attention_methods_a_run_equals_a_fresh_process(make, demo, name, tmp_path, backbone):
-    from semantix.methods.styleid import StyleID
-
-    sample = single(demo)
-    settings = {**SHORT, **METHODS[name][1], "cache_inversions": False}
-    other = "cross_image_attention" if name == "eye_for_an_eye" else "eye_for_an_eye"
-    styleid = StyleID(num_steps=3)
-    styleid.prepare(backbone, tmp_path / "styleid")
-    styleid(sample, seed())
-    make(other)(sample, seed())
-    in_process = make(name, cache_inversions=False)(sample, seed()).image
-    out_file = tmp_path / "fresh.pt"
-    subprocess.run([sys.executable, "-c", FRESH, name, sample.sample_id, repr(settings), str(tmp_path / "fresh"),
-                    str(out_file)], check=True)
-    assert torch.equal(torch.load(out_file), in_process)
