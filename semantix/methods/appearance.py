@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,6 +37,20 @@ from semantix.store import stable_hash
 from semantix.types import Sample, SampleError
 
 OUTPUT, APPEARANCE, STRUCTURE = 0, 1, 2
+
+
+@dataclass
+class JointBatch:
+    """Everything a joint-denoising loop starts from (see `JointAppearanceTransfer.start`)."""
+
+    prompt: str
+    x: torch.Tensor  # (3, C, h, w): rows [output, appearance, structure] at the first step that runs
+    zs: torch.Tensor  # (R, 3, C, h, w): noise maps of each run step, per row
+    cond: torch.Tensor  # the prompt's embedding, one per row
+    uncond: torch.Tensor  # the empty prompt's embedding, one per row
+    masks: tuple[torch.Tensor, torch.Tensor] | None  # (structure, appearance) (1, H, W) image masks
+    latent_masks: list[torch.Tensor] | None  # the same at latent resolution, (1, 1, h, w)
+    references_used: int
 
 
 class JointAppearanceTransfer(Method):
@@ -118,6 +133,16 @@ class JointAppearanceTransfer(Method):
     def is_structure_step(self, r: int) -> bool:
         """Steps r = 0, every, 2 every, ... below `structure_until` borrow from the structure image instead."""
         return self.structure_every is not None and r % self.structure_every == 0 and r < self.structure_until
+
+    def start(self, sample: Sample, generator: torch.Generator) -> JointBatch:
+        """Invert the structure and the appearance image; the joint batch at step `skip_steps`."""
+        prompt = self.prompt_for(sample)
+        structure, appearance, used = self.invert_inputs(sample, prompt, generator.initial_seed())
+        x, zs = self.joint_start(structure, appearance)
+        masks = self.masks(sample)
+        latent_masks = None if masks is None else [mask_at(m, x.shape[-1], sample.sample_id) for m in masks]
+        return JointBatch(prompt, x, zs, self.backbone.encode_prompt([prompt]).expand(3, -1, -1),
+                          self.uncond_embedding.expand(3, -1, -1), masks, latent_masks, used)
 
     def invert_inputs(self, sample: Sample, prompt: str, seed: int) -> tuple[Inversion, Inversion, int]:
         """Inversions of the structure (content) and appearance (first reference) images.

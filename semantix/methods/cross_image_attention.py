@@ -28,7 +28,7 @@ import torch
 
 from semantix.diffusion import adain, cfg, masked_adain
 from semantix.diffusion.attention import InjectableAttnProcessor, Injection, attention_processors
-from semantix.methods.appearance import APPEARANCE, OUTPUT, STRUCTURE, JointAppearanceTransfer, mask_at
+from semantix.methods.appearance import APPEARANCE, OUTPUT, STRUCTURE, JointAppearanceTransfer
 from semantix.types import MethodOutput, Sample
 
 
@@ -61,15 +61,10 @@ class CrossImageAttention(JointAppearanceTransfer):
 
     # -- the algorithm -------------------------------------------------------------------------------
     def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
-        prompt = self.prompt_for(sample)
-        # 1. Edit-friendly DDPM inversion of the structure and the appearance image (CFG 3.5).
-        structure, appearance, used = self.invert_inputs(sample, prompt, generator.initial_seed())
-        masks = self.masks(sample)
-        # 2. Joint denoising of [output, appearance, structure] from step `skip_steps`.
-        x, zs = self.joint_start(structure, appearance)
-        cond = self.backbone.encode_prompt([prompt]).expand(3, -1, -1)
-        uncond = self.uncond_embedding.expand(3, -1, -1)
-        latent_masks = None if masks is None else [mask_at(m, x.shape[-1], sample.sample_id) for m in masks]
+        # 1. Edit-friendly DDPM inversion of the structure and the appearance image (CFG 3.5); the
+        #    joint batch [output, appearance, structure] at step `skip_steps`.
+        job = self.start(sample, generator)
+        x = job.x
         swap_scales = self.swap_guidance_schedule()
         processors = {name: InjectableAttnProcessor(name) for name in self.layer_ranges}
         with torch.no_grad(), attention_processors(self.unet, processors):
@@ -84,28 +79,28 @@ class CrossImageAttention(JointAppearanceTransfer):
                                  contrast_rows=[OUTPUT])
                 for name, proc in processors.items():
                     proc.inject = swap if name in active else None
-                eps_swap = self.predict(x, t, cond)
+                eps_swap = self.predict(x, t, job.cond)
                 # 2b. Swap guidance: a pass without the swap, extrapolated towards the swapped one
                 #     (only where a layer swapped). With text CFG > 1 (the paper uses 1: off), the
                 #     authors instead combine an unconditional pass without the swap with eps_swap.
                 for proc in processors.values():
                     proc.inject = None
                 if self.guidance_scale != 1.0:
-                    eps = cfg(self.predict(x, t, uncond), eps_swap, self.guidance_scale)
+                    eps = cfg(self.predict(x, t, job.uncond), eps_swap, self.guidance_scale)
                 elif active and swap_scales[r] != 1.0:
-                    eps = cfg(self.predict(x, t, cond), eps_swap, swap_scales[r])
+                    eps = cfg(self.predict(x, t, job.cond), eps_swap, swap_scales[r])
                 else:
                     eps = eps_swap
                 # 2c. DDPM step of each row with its own noise map.
-                x = self.stepper.step(x, eps, i, zs[r])
+                x = self.stepper.step(x, eps, i, job.zs[r])
                 # 2d. AdaIN of the output latent to the appearance latent (masked to the foregrounds).
                 if self.adain_start_step is not None and r >= self.adain_start_step:
                     out, app = x[OUTPUT:OUTPUT + 1], x[APPEARANCE:APPEARANCE + 1]
-                    x[OUTPUT:OUTPUT + 1] = adain(out, app) if latent_masks is None else masked_adain(out, app, *latent_masks)
+                    x[OUTPUT:OUTPUT + 1] = adain(out, app) if job.latent_masks is None else masked_adain(out, app, *job.latent_masks)
         # 3. Decode the output row.
         image = self.backbone.decode_latents(x[OUTPUT:OUTPUT + 1])[0]
-        return MethodOutput(image=image, diagnostics={"num_references_used": used, "masked": masks is not None,
-                                                      "prompt": prompt})
+        return MethodOutput(image=image, diagnostics={"num_references_used": job.references_used,
+                                                      "masked": job.masks is not None, "prompt": job.prompt})
 
     # -- pieces --------------------------------------------------------------------------------------
     def swap_guidance_schedule(self) -> list[float]:

@@ -65,17 +65,10 @@ class EyeForAnEye(JointAppearanceTransfer):
 
     # -- the algorithm -------------------------------------------------------------------------------
     def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
-        prompt = self.prompt_for(sample)
-        # 1. Edit-friendly DDPM inversion of the structure and the appearance image (CFG 3.5).
-        structure, appearance, used = self.invert_inputs(sample, prompt, generator.initial_seed())
-        masks = self.masks(sample)
-        # 2. Joint denoising of [output, appearance, structure] from step `skip_steps`.
-        x, zs = self.joint_start(structure, appearance)
-        cond = self.backbone.encode_prompt([prompt]).expand(3, -1, -1)
-        uncond = self.uncond_embedding.expand(3, -1, -1)
-        latent_masks = None
-        if masks is not None:
-            latent_masks = [mask_at(m, x.shape[-1], sample.sample_id) for m in masks]
+        # 1. Edit-friendly DDPM inversion of the structure and the appearance image (CFG 3.5); the
+        #    joint batch [output, appearance, structure] at step `skip_steps`.
+        job = self.start(sample, generator)
+        x = job.x
         processors = {name: InjectableAttnProcessor(name) for name in self.layer_ranges}
         with torch.no_grad(), attention_processors(self.unet, processors):
             for r in self.run_steps:
@@ -84,23 +77,23 @@ class EyeForAnEye(JointAppearanceTransfer):
                 # 2a. Unconditional pass: plain attention.
                 for proc in processors.values():
                     proc.inject = None
-                eps_uncond = self.predict(x, t, uncond)
+                eps_uncond = self.predict(x, t, job.uncond)
                 # 2b. Conditional pass: output features rearranged by correspondence (or the structure's).
                 active = self.active_layers(r)
-                rewrite = self._rewrite(r, masks, sample.sample_id)
+                rewrite = self._rewrite(r, job.masks, sample.sample_id)
                 for name, proc in processors.items():
                     proc.inject = Injection(rewrite_hidden=rewrite) if name in active else None
-                eps_cond = self.predict(x, t, cond)
+                eps_cond = self.predict(x, t, job.cond)
                 # 2c. CFG 2.5 and the DDPM step of each row with its own noise map.
-                x = self.stepper.step(x, cfg(eps_uncond, eps_cond, self.guidance_scale), i, zs[r])
+                x = self.stepper.step(x, cfg(eps_uncond, eps_cond, self.guidance_scale), i, job.zs[r])
                 # 2d. Late masked colour-statistics matching of the output to the appearance.
-                if latent_masks is not None and self.stats_start_step is not None and r >= self.stats_start_step:
+                if job.latent_masks is not None and self.stats_start_step is not None and r >= self.stats_start_step:
                     x[OUTPUT:OUTPUT + 1] = masked_adain(x[OUTPUT:OUTPUT + 1], x[APPEARANCE:APPEARANCE + 1],
-                                                        *latent_masks)
+                                                        *job.latent_masks)
         # 3. Decode the output row.
         image = self.backbone.decode_latents(x[OUTPUT:OUTPUT + 1])[0]
-        return MethodOutput(image=image, diagnostics={"num_references_used": used, "masked": masks is not None,
-                                                      "prompt": prompt})
+        return MethodOutput(image=image, diagnostics={"num_references_used": job.references_used,
+                                                      "masked": job.masks is not None, "prompt": job.prompt})
 
     # -- pieces --------------------------------------------------------------------------------------
     def _rewrite(self, r: int, masks, sample_id: str):
