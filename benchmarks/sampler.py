@@ -125,7 +125,7 @@ def bench_backbone(backbone, steps: int, sweep: int, repeats: int) -> dict:
             reference = cold._invert(sample.reference, None, "", repeat, "reference_0")
         cold_inversion.append(p.seconds)
         with Phase(device) as p:
-            cold.sample(context, [reference], cond)
+            cold.sample([context], [[reference]], cond)
         cold_sampling.append(p.seconds)
         semantix_peak = p.peak_gib
         generator_for_pair = torch.Generator().manual_seed(100 + repeat)
@@ -135,7 +135,7 @@ def bench_backbone(backbone, steps: int, sweep: int, repeats: int) -> dict:
                                             100 + repeat, "context")
             warm_reference = semantix._invert(sample.reference, sample.input_sha256["reference"], "",
                                               100 + repeat, "reference_0")
-            semantix.sample(warm_context, [warm_reference], cond)
+            semantix.sample([warm_context], [[warm_reference]], cond)
         warm_total.append(p.seconds)
 
     # (d) gamma sweep on a warm cache: N configs, one pair.

@@ -274,10 +274,13 @@ class Runner:
         sample_ids = self.sample_ids
         total = len(sample_ids) * len(self.runs)
         progress_enabled = self.cfg.runner.progress
+        batch_size = int(self.cfg.runner.get("batch_size", 1))
+        if batch_size < 1:
+            raise ValueError(f"runner.batch_size must be >= 1, got {batch_size}")
         with logging_redirect_tqdm(), tqdm(total=total, desc=self.labels.experiment, unit="item",
                                            disable=not progress_enabled) as bar:
-            for sample_id in sample_ids:
-                self._process_sample(sample_id, bar)
+            for start in range(0, len(sample_ids), batch_size):
+                self._process_group(sample_ids[start:start + batch_size], bar)
         self._finish()
         return JobResult(self.runs)
 
@@ -292,48 +295,78 @@ class Runner:
         missing = [name for name in self.metrics if stored.get(name) != self.metric_hashes[name]]
         return ("rescore", missing) if missing else ("skip", [])
 
-    def _process_sample(self, sample_id: str, bar: tqdm) -> None:
-        work = {run.label: self._pending_work(run, sample_id) for run in self.runs}
-        for run in self.runs:
-            if work[run.label][0] == "skip":
-                run.skipped += 1
-                bar.update(1)
-        if all(kind == "skip" for kind, _ in work.values()):
-            return
-        seed = sample_seed(self.cfg.seed, sample_id)
-        start = time.perf_counter()
-        try:
-            sample = self.dataset.load_sample(sample_id)
-        except Exception as e:  # noqa: BLE001 - any loading error fails this sample only
+    def _process_group(self, sample_ids: list[str], bar: tqdm) -> None:
+        """Up to `runner.batch_size` samples: load each once, then each method on those it still needs.
+
+        A method with `supports_batch` gets them in one `call_batch`; if that call fails, each sample
+        is run alone, so a bad sample fails by itself.
+        """
+        work = {sid: {run.label: self._pending_work(run, sid) for run in self.runs} for sid in sample_ids}
+        loaded: dict[str, tuple[Sample, float]] = {}
+        for sid in sample_ids:
             for run in self.runs:
-                if work[run.label][0] == "run":
-                    self._write_failure(run, sample_id, seed, _error_entry("load", e), {})
+                if work[sid][run.label][0] == "skip":
+                    run.skipped += 1
                     bar.update(1)
-            return
-        load_s = time.perf_counter() - start
-        for run in self.runs:
-            kind, metric_names = work[run.label]
-            if kind == "run":
-                self._run_method(run, sample, seed, load_s)
-            elif kind == "rescore":
-                self._rescore(run, sample, metric_names)
-            else:
+            if all(kind == "skip" for kind, _ in work[sid].values()):
                 continue
+            start = time.perf_counter()
+            try:
+                loaded[sid] = (self.dataset.load_sample(sid), time.perf_counter() - start)
+            except Exception as e:  # noqa: BLE001 - any loading error fails this sample only
+                for run in self.runs:
+                    if work[sid][run.label][0] == "run":
+                        self._write_failure(run, sid, sample_seed(self.cfg.seed, sid), _error_entry("load", e), {})
+                        bar.update(1)
+        for run in self.runs:
+            to_run = [loaded[sid] for sid in loaded if work[sid][run.label][0] == "run"]
+            self._run_method(run, to_run, bar)
+            for sid, (sample, _) in loaded.items():
+                kind, metric_names = work[sid][run.label]
+                if kind == "rescore":
+                    self._rescore(run, sample, metric_names)
+                    bar.update(1)
+
+    def _run_method(self, run: MethodRun, samples: list[tuple[Sample, float]], bar: tqdm) -> None:
+        """Run the method on `samples` ((sample, load seconds) pairs), batched when it can be."""
+        if len(samples) > 1 and run.method.supports_batch:
+            seeds = [sample_seed(self.cfg.seed, sample.sample_id) for sample, _ in samples]
+            generators = [_seed_everything(seed) for seed in seeds]
+            start = time.perf_counter()
+            try:
+                outputs = run.method.call_batch([sample for sample, _ in samples], generators)
+            except Exception as e:  # noqa: BLE001 - retried one by one below
+                log.warning("%s: a batch of %d failed (%s: %s); running its samples one by one", run.label,
+                            len(samples), type(e).__name__, e)
+            else:
+                share = (time.perf_counter() - start) / len(samples)
+                for (sample, load_s), seed, output in zip(samples, seeds, outputs, strict=True):
+                    self._record_output(run, sample, seed, output, {"load_s": round(load_s, 4),
+                                        "method_s": round(share, 4), "batch": len(samples)})
+                    bar.update(1)
+                return
+        for sample, load_s in samples:
+            seed = sample_seed(self.cfg.seed, sample.sample_id)
+            generator = _seed_everything(seed)
+            start = time.perf_counter()
+            try:
+                output = run.method(sample, generator)
+            except Exception as e:  # noqa: BLE001 - bad input, a method bug or OOM fails this sample only
+                log.debug("method %s failed on %s", run.label, sample.sample_id, exc_info=True)
+                self._write_failure(run, sample.sample_id, seed, _error_entry("method", e), sample.input_sha256)
+            else:
+                self._record_output(run, sample, seed, output, {"load_s": round(load_s, 4),
+                                    "method_s": round(time.perf_counter() - start, 4)})
             bar.update(1)
             bar.set_postfix(failed=sum(r.failed for r in self.runs))
 
-    def _run_method(self, run: MethodRun, sample: Sample, seed: int, load_s: float) -> None:
-        generator = _seed_everything(seed)
-        timings = {"load_s": round(load_s, 4)}
-        start = time.perf_counter()
+    def _record_output(self, run: MethodRun, sample: Sample, seed: int, output: MethodOutput, timings: dict) -> None:
+        """Check, score and store one output (or its failure)."""
         try:
-            output = run.method(sample, generator)
             image = _check_output(output, sample)
-        except Exception as e:  # noqa: BLE001 - bad input, a method bug or OOM fails this sample only
-            log.debug("method %s failed on %s", run.label, sample.sample_id, exc_info=True)
+        except Exception as e:  # noqa: BLE001
             self._write_failure(run, sample.sample_id, seed, _error_entry("method", e), sample.input_sha256)
             return
-        timings["method_s"] = round(time.perf_counter() - start, 4)
         start = time.perf_counter()
         try:
             values = self._score(image, sample, list(self.metrics))

@@ -10,6 +10,11 @@ from omegaconf import open_dict
 from semantix.runner import RunLabels, Runner
 
 
+def manifest_overrides(manifest) -> list[str]:
+    """Overrides that make a job read the manifest file `manifest`."""
+    return ["dataset=manifest", f"dataset.manifest={manifest}"]
+
+
 def composed(overrides: list[str], results_dir: Path):
     cfg = compose([*overrides, f"paths.results_dir={results_dir}", "runner.progress=false"])
     choices = cfg.hydra.runtime.choices

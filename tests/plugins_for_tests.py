@@ -39,6 +39,17 @@ class FailsOn(Method):
         return MethodOutput(image=sample.content)
 
 
+class BatchingFailsOn(FailsOn):
+    """FailsOn with a batched call that fails as a whole when any of its samples fails."""
+
+    supports_batch = True
+    BATCHES: list[list[str]] = []
+
+    def call_batch(self, samples, generators):
+        BatchingFailsOn.BATCHES.append([s.sample_id for s in samples])
+        return [self(s, g) for s, g in zip(samples, generators, strict=True)]
+
+
 class WrongShape(Method):
     def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
         return MethodOutput(image=torch.zeros(3, 8, 8))

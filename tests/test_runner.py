@@ -6,15 +6,11 @@ import json
 
 import plugins_for_tests
 import pytest
-from harness import comparable, run_job
+from harness import comparable, manifest_overrides, run_job
 
 from semantix.store import RunStore
 
 SLOW = "+method.slow={_target_: plugins_for_tests.SlowNoisyIdentity, delay_s: 0.0}"
-
-
-def manifest_overrides(manifest):
-    return ["dataset=manifest", f"dataset.manifest={manifest}"]
 
 
 def test_job_writes_records_images_provenance(small_dataset, tmp_path):

@@ -47,7 +47,7 @@ def test_inversion_replay_reproduces_the_latent(make, demo):
 def test_zero_guidance_without_adain_reproduces_the_context(make, demo):
     method = make(gamma_ref=0.0, gamma_c=0.0, gamma_reg=0.0, adain_start_step=None)
     cond, context, reference = branches(method, first(demo))
-    latent, diagnostics = method.sample(context, [reference], cond)
+    latent, (diagnostics,) = method.sample([context], [[reference]], cond)
     assert (latent - context.x0).abs().max() < 1e-4
     assert diagnostics["grad_norm"] == [0.0] * STEPS
 
@@ -56,10 +56,10 @@ def test_guidance_reaches_the_sampler(make, demo):
     sample = first(demo)
     unguided = make(gamma_ref=0.0, gamma_c=0.0, gamma_reg=0.0, adain_start_step=None)
     cond, context, reference = branches(unguided, sample)
-    plain, _ = unguided.sample(context, [reference], cond)
+    plain, _ = unguided.sample([context], [[reference]], cond)
 
     def distance_to_context(**gammas):
-        latent, diagnostics = make(adain_start_step=None, **gammas).sample(context, [reference], cond)
+        latent, (diagnostics,) = make(adain_start_step=None, **gammas).sample([context], [[reference]], cond)
         assert all(g > 0 for g in diagnostics["grad_norm"][1:])
         return float((latent - plain).norm())
 
@@ -76,7 +76,7 @@ def test_energies_vanish_where_output_equals_context(make, demo):
     # float32 storage: with the default float16 the context features carry ~1e-5 of rounding.
     method = make(adain_start_step=None, feature_dtype="float32")
     cond, context, reference = branches(method, first(demo))
-    _, diagnostics = method.sample(context, [reference], cond)
+    _, (diagnostics,) = method.sample([context], [[reference]], cond)
     # At the first step the output latent is the context's x_T: spatial and regulariser terms are 0.
     assert diagnostics["energy_spatial"][0] == pytest.approx(0.0, abs=1e-5)
     assert diagnostics["energy_reg"][0] == pytest.approx(0.0, abs=1e-5)
@@ -95,10 +95,11 @@ def test_one_guided_step_lowers_the_energy(make, demo):
     def total_energy(latent):
         with torch.no_grad(), capture_block_outputs(method.unet, method.feature_blocks) as feats:
             method._eps_fn(cond).predict(latent, t, cond)
-        terms = method._energies({b: f.float() for b, f in feats.items()}, context.features[k], [reference.features[k]])
-        return sum(method.gammas[name] * value for name, value in terms.items())
+        terms = method._energies({b: f.float() for b, f in feats.items()}, [context.features[k]],
+                                 [[reference.features[k]]])
+        return sum(method.gammas[name] * value.sum() for name, value in terms.items())
 
-    _, guidance, _ = method._guided_prediction(x, t, k, cond, context.features[k], [reference.features[k]])
+    _, guidance, _ = method._guided_prediction(x, t, k, cond, [context.features[k]], [[reference.features[k]]])
     before, after = total_energy(x), total_energy(x - 0.2 * guidance)
     assert after < before
 

@@ -9,7 +9,7 @@ import pandas as pd
 import plugins_for_tests
 import pytest
 from conftest import run_cli
-from harness import composed, run_job
+from harness import composed, manifest_overrides, run_job
 from tqdm.auto import tqdm
 
 from semantix.leaderboard import build_table, write_leaderboard
@@ -19,10 +19,6 @@ from semantix.store import RunStore
 GAP = "+metrics.brightness_gap={_target_: plugins_for_tests.MeanBrightnessGap}"
 COMPARED = ["experiment", "dataset", "method", "backbone", "config_hash", "overrides", "n", "n_ok", "n_failed",
             "n_missing", "n_duplicated"]
-
-
-def manifest_overrides(manifest):
-    return ["dataset=manifest", f"dataset.manifest={manifest}"]
 
 
 def shard(index, count):
@@ -94,8 +90,7 @@ def test_provenance_survives_interleaved_shards(small_dataset, tmp_path):
         runner._prepare()
     bar = tqdm(disable=True)
     for runner in runners:
-        for sample_id in runner.sample_ids:
-            runner._process_sample(sample_id, bar)
+        runner._process_group(runner.sample_ids, bar)
     for runner in reversed(runners):  # the later-started shard finishes first
         runner._finish()
     run_dir = runners[0].runs[0].run_dir

@@ -8,6 +8,7 @@ read dataset files, write results or compute metrics: the runner does.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 class Method(ABC):
     #: Whether `prepare` needs a diffusion backbone; the runner builds one only if some method does.
     uses_backbone: ClassVar[bool] = False
+    #: Whether `call_batch` really batches (several samples per UNet call). With `runner.batch_size`
+    #: > 1 the runner hands such a method groups of samples; others always get one at a time.
+    supports_batch: ClassVar[bool] = False
 
     def prepare(self, backbone: Backbone | None, cache_dir: Path) -> None:  # noqa: B027 - optional hook
         """Called once per job before the first sample. `cache_dir` is for expensive intermediates."""
@@ -32,3 +36,11 @@ class Method(ABC):
 
         `generator` is seeded per sample by the runner; use it for every random draw.
         """
+
+    def call_batch(self, samples: Sequence[Sample], generators: Sequence[torch.Generator]) -> list[MethodOutput]:
+        """Several samples at once, each with its own generator; one output per sample, in order.
+
+        The outputs must equal those of one call per sample (to float tolerance): batching is a
+        speed-up, never a change of results. This default makes one call per sample.
+        """
+        return [self(sample, generator) for sample, generator in zip(samples, generators, strict=True)]

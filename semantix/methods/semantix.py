@@ -116,49 +116,67 @@ class Semantix(Method):
         self.cache = TensorCache(Path(cache_dir), enabled=self.cache_inversions)
 
     # -- the algorithm -------------------------------------------------------------------------------
+    supports_batch = True
+
     def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
-        seed = generator.initial_seed()
-        context_prompt = sample.prompt or self.prompt
-        cond = self.backbone.encode_prompt([context_prompt])
+        return self.call_batch([sample], [generator])[0]
 
-        # 1. Invert the context and every reference (edit-friendly DDPM inversion, CFG 3.5), capturing
-        #    their decoder features F^c_t, F^r_t on the way (they replay, never re-sample).
-        context = self._invert(sample.content, sample.input_sha256.get("content"), context_prompt, seed, "context")
-        reference_hashes = [sample.input_sha256.get(k) for k in _reference_keys(len(sample.references))]
-        references = [
-            self._invert(image, sha, self.reference_prompt, seed, f"reference_{k}")
-            for k, (image, sha) in enumerate(zip(sample.references, reference_hashes, strict=True))
-        ]
+    def call_batch(self, samples, generators) -> list[MethodOutput]:
+        """Semantix on several samples, their output branches denoised as one batch (same results)."""
+        contexts, references, conds = [], [], []
+        for sample, generator in zip(samples, generators, strict=True):
+            seed = generator.initial_seed()
+            context_prompt = sample.prompt or self.prompt
+            conds.append(self.backbone.encode_prompt([context_prompt]))
+            # 1. Invert the context and every reference (edit-friendly DDPM inversion, CFG 3.5), capturing
+            #    their decoder features F^c_t, F^r_t on the way (they replay, never re-sample).
+            contexts.append(self._invert(sample.content, sample.input_sha256.get("content"), context_prompt, seed,
+                                         "context"))
+            hashes = [sample.input_sha256.get(k) for k in _reference_keys(len(sample.references))]
+            references.append([
+                self._invert(image, sha, self.reference_prompt, seed, f"reference_{k}")
+                for k, (image, sha) in enumerate(zip(sample.references, hashes, strict=True))
+            ])
 
-        # 2. Guided sampling of the output branch; 3. decode.
-        latent, diagnostics = self.sample(context, references, cond)
-        return MethodOutput(image=self.backbone.decode_latents(latent)[0], diagnostics=diagnostics)
+        # 2. Guided sampling of the output branches; 3. decode.
+        latents, diagnostics = self.sample(contexts, references, torch.cat(conds))
+        images = self.backbone.decode_latents(latents)
+        return [MethodOutput(image=image, diagnostics=d) for image, d in zip(images, diagnostics, strict=True)]
 
-    def sample(self, context: Inversion, references: list[Inversion], cond: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """The guided reverse process (spec section 2); returns x_0 of the output and per-step diagnostics."""
-        # The output starts at the context's inverted noise and uses the context's noise maps.
-        x = context.x_T.clone()
+    def sample(self, contexts: list[Inversion], references: list[list[Inversion]],
+               cond: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+        """The guided reverse process (spec section 2) of B samples at once.
+
+        ``contexts[b]`` and ``references[b]`` are sample b's inversions, ``cond`` its prompt embeddings
+        ``(B, L, D)``. Returns x_0 of the outputs ``(B, C, h, w)`` and per-sample per-step diagnostics.
+        The samples only share UNet calls: every energy is a per-sample mean and the guidance is the
+        gradient of their sum, so sample b's guidance is its own (clamped element-wise).
+        """
+        # The outputs start at the contexts' inverted noise and use the contexts' noise maps.
+        x = torch.cat([c.x_T for c in contexts])
         trace: dict[str, list[torch.Tensor]] = {"energy_style": [], "energy_spatial": [], "energy_reg": [],
                                                  "grad_norm": []}
         for i, t in enumerate(self.stepper.timesteps):
-            context_features = context.features[i]
-            reference_features = [r.features[i] for r in references]
+            context_features = [c.features[i] for c in contexts]
+            reference_features = [[r.features[i] for r in refs] for refs in references]
             # Steps 2.1-2.4: CFG prediction, energy gradient (per-term clamped), guided prediction.
             eps, guidance, energies = self._guided_prediction(x, t, i, cond, context_features,
                                                               reference_features)
-            # Step 2.5: DDPM step with the context's noise map.
-            x = self.stepper.step(x, eps, i, context.zs[i])
+            # Step 2.5: DDPM step with the contexts' noise maps.
+            x = self.stepper.step(x, eps, i, torch.cat([c.zs[i] for c in contexts]))
             if self.guidance_apply == "latent":
                 x = x - guidance
-            # Step 2.6: AdaIN of the output latent to the reference latent of the same timestep.
+            # Step 2.6: AdaIN of each output latent to its reference latents of the same timestep.
             if self.adain_start_step is not None and i >= self.adain_start_step:
-                x = adain(x, _pooled(_latent_after_step(r, i) for r in references))
+                x = torch.cat([adain(x[b:b + 1], _pooled(_latent_after_step(r, i) for r in refs))
+                               for b, refs in enumerate(references)])
             for name, value in energies.items():
                 trace[f"energy_{name}"].append(value)
-            trace["grad_norm"].append(guidance.norm())
-        # One device sync for all diagnostics, after the loop.
-        diagnostics = {name: torch.stack(values).tolist() if values else [] for name, values in trace.items()}
-        return x, diagnostics
+            trace["grad_norm"].append(guidance.flatten(1).norm(dim=1))
+        # One device sync for all diagnostics, after the loop; then one dict per sample.
+        stacked = {name: torch.stack(values).T.tolist() if values else None for name, values in trace.items()}
+        return x, [{name: (rows[b] if rows is not None else []) for name, rows in stacked.items()}
+                   for b in range(len(contexts))]
 
     # -- pieces --------------------------------------------------------------------------------------
     def _eps_fn(self, cond: torch.Tensor, capture: Sequence[str] = ()) -> UNetEpsFn:
@@ -196,7 +214,10 @@ class Semantix(Method):
         return Inversion.from_dict(self.cache.get_or_compute(key, compute)).to(self.backbone.device)
 
     def _guided_prediction(self, x, t, i, cond, context_features, reference_features):
-        """eps~ = CFG(eps_u, eps_c) + sqrt(1 - abar_t) g, g = sum_k clamp(d gamma_k E_k / dx) (spec step 2)."""
+        """eps~ = CFG(eps_u, eps_c) + sqrt(1 - abar_t) g, g = sum_k clamp(d gamma_k E_k / dx) (spec step 2).
+
+        Returns the guided eps, the guidance g and each term's per-sample energies ``(B,)``.
+        """
         eps_fn = self._eps_fn(cond)
         if not any(self.gammas.values()):
             with torch.no_grad():
@@ -206,22 +227,29 @@ class Semantix(Method):
         with torch.enable_grad(), capture_block_outputs(self.unet, self.feature_blocks) as captured:
             eps_cond = eps_fn.predict(x_in, t, cond)
         with torch.no_grad():
-            eps_uncond = eps_fn.predict(x, t, self.uncond_embedding)
+            eps_uncond = eps_fn.predict(x, t, self.uncond_embedding.expand(x.shape[0], -1, -1))
         eps = cfg(eps_uncond, eps_cond.detach(), self.guidance_scale)
         output_features = {k: v.float() for k, v in captured.items()}
         with torch.enable_grad():
             energies = self._energies(output_features, context_features, reference_features)
-            weighted = {k: self.gammas[k] * e for k, e in energies.items() if self.gammas[k]}
+            # Sum over samples: each sample's gradient is that of its own energy.
+            weighted = {k: self.gammas[k] * e.sum() for k, e in energies.items() if self.gammas[k]}
             guidance, _ = clamped_energy_gradient(weighted, x_in, self.grad_clamp)
         if self.guidance_apply == "eps":
             eps = eps + self.stepper.sqrt_one_minus_alpha_bar(i) * guidance
         return eps, guidance, {k: e.detach() for k, e in energies.items()}
 
     def _energies(self, output_features, context_features, reference_features) -> dict[str, torch.Tensor]:
-        """The three energy terms of spec section 3, averaged over blocks with `block_weights`."""
+        """The three energy terms of spec section 3 per sample ``(B,)``, averaged over blocks with `block_weights`."""
+        per_sample = [self._sample_energies({k: v[b] for k, v in output_features.items()}, context_features[b],
+                                            reference_features[b]) for b in range(len(context_features))]
+        return {k: torch.stack([e[k] for e in per_sample]) for k in per_sample[0]}
+
+    def _sample_energies(self, output_features, context_features, reference_features) -> dict[str, torch.Tensor]:
+        """One sample's energies: ``output_features[block]`` is ``(C, h, w)``, the others as stored."""
         total = {"style": 0.0, "spatial": 0.0, "reg": 0.0}
         for block, weight in zip(self.feature_blocks, self.block_weights, strict=True):
-            f_out = output_features[block][0]
+            f_out = output_features[block]
             f_ctx = context_features[block][0].float()
             if self.gammas["style"]:
                 f_refs = [r[block][0].float() for r in reference_features]
