@@ -14,7 +14,9 @@ Every method of the comparison (`METHODS`, paper settings from conf/method/<name
 on the same pair: cold (inversions computed) and warm (inversions from the cache), with its warm
 time per step it runs (denoising or optimisation steps) as a ratio to (a)'s step, and its CUDA
 peak. Semantix's per-sample throughput with 4 samples per UNet call (`runner.batch_size=4`) is
-compared with one at a time (target on a GPU: at least 2.5x). Eye-for-an-eye's vectorised correspondence search is timed against the authors' per-pixel
+compared with one at a time (target on a GPU: at least 2.5x). On CUDA, `bench_kernels` times the
+SD1.5 architecture per precision (float32, float16, bfloat16) and kernel option (channels_last,
+torch.compile), with each variant's UNet error relative to float32. Eye-for-an-eye's vectorised correspondence search is timed against the authors' per-pixel
 loop at 64x64 with SD1.5's channel count (target: at least 100x faster).
 
     python -m benchmarks.sampler                       # tiny on CPU; + sd15_random at 512 px on CUDA
@@ -252,6 +254,59 @@ def bench_batching(backbone, steps: int, batch: int = 4) -> dict:
             if device.type == "cuda" else None}
 
 
+KERNEL_VARIANTS = (
+    {"dtype": "float32", "channels_last": False, "compile_unet": False},
+    {"dtype": "float16", "channels_last": False, "compile_unet": False},
+    {"dtype": "bfloat16", "channels_last": False, "compile_unet": False},
+    {"dtype": "float16", "channels_last": True, "compile_unet": False},
+    {"dtype": "float16", "channels_last": True, "compile_unet": True},
+)
+
+
+def bench_kernels(steps: int = 10, repeats: int = 3) -> dict:
+    """SD1.5 architecture on CUDA: a plain CFG step and a Semantix step per precision / kernel option.
+
+    Ratios are to float32 without options, in this process. Numerics are checked against float32 on
+    the same inputs (the relative error of one UNet call), so a fast variant that breaks the
+    numbers shows it. CUDA only: these options are about GPU kernels.
+    """
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device: precision and kernel options are measured on a GPU"}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 64, 64, generator=g)
+    results, reference = [], None
+    for variant in KERNEL_VARIANTS:
+        backbone = build_sd15_random(**variant)
+        method = Semantix(num_steps=steps)
+        method.prepare(backbone, Path(tempfile.mkdtemp(prefix="semantix-bench-kernels-")))
+        cond = backbone.encode_prompt([""])
+        with torch.no_grad():
+            eps = backbone.unet(x.to(backbone.device, backbone.dtype), 500, encoder_hidden_states=cond).sample.float()
+        reference = eps if reference is None else reference
+        plain_cfg_sampling(method, cond, torch.Generator().manual_seed(0))  # warm-up (and compilation)
+        plain, guided = [], []
+        manifest = Manifest.load(demo_manifest_path())
+        sample = manifest.load_sample(manifest.sample_ids[0], backbone.resolution)
+        method(sample, torch.Generator().manual_seed(0))  # inversions cached, warm-up
+        for _ in range(repeats):
+            with Phase(backbone.device) as p:
+                plain_cfg_sampling(method, cond, torch.Generator().manual_seed(0))
+            plain.append(p.seconds / steps)
+            with Phase(backbone.device) as p:
+                method(sample, torch.Generator().manual_seed(0))
+            guided.append(p.seconds / steps)
+        results.append({**variant, "plain_cfg_step_s": min(plain), "semantix_pair_warm_per_step_s": min(guided),
+                        "peak_cuda_gib": p.peak_gib,
+                        "unet_relative_error_vs_float32": float((eps - reference).norm() / reference.norm())})
+        del backbone, method
+        torch.cuda.empty_cache()
+    base = results[0]
+    for r in results:
+        r["plain_speedup_vs_float32"] = base["plain_cfg_step_s"] / r["plain_cfg_step_s"]
+        r["semantix_speedup_vs_float32"] = base["semantix_pair_warm_per_step_s"] / r["semantix_pair_warm_per_step_s"]
+    return {"steps": steps, "repeats": repeats, "variants": results}
+
+
 def correspondence_loop(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """The authors' matching, per output pixel: normalise it and the reference map, cosine, argmax on the host."""
     out = []
@@ -311,6 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
         "targets": TARGETS,
         "results": [],
         "correspondence": bench_correspondence(device),
+        "kernels": bench_kernels(),
     }
     for backbone, steps in runs:
         result = bench_backbone(backbone, steps, args.sweep, args.repeats)

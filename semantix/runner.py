@@ -49,9 +49,9 @@ from semantix.types import MethodOutput, Sample
 
 log = logging.getLogger(__name__)
 
-# Keys that choose where or how much of a run executes, not what it computes: not part of its identity
+# Keys that choose where, how fast or how much of a run executes, not what it computes: not part of its identity
 # (so `dataset.limit=2` followed by the full run resumes into the same directory).
-_NOT_IDENTITY = {"backbone": ("device",), "dataset": ("limit",)}
+_NOT_IDENTITY = {"backbone": ("device", "channels_last", "compile_unet"), "dataset": ("limit",)}
 
 
 @dataclass(frozen=True)

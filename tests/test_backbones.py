@@ -235,3 +235,28 @@ def test_sd15_round_trip_through_diffusers_folder(tiny, tmp_path):
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
     images = torch.rand(1, 3, 64, 64)
     torch.testing.assert_close(loaded.encode_images(images), tiny.encode_images(images), rtol=0, atol=1e-6)
+
+
+def _unet_output(backbone):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 32, 32, generator=g)
+    with torch.no_grad():
+        return backbone.unet(x, 500, encoder_hidden_states=backbone.encode_prompt(["a", "b"])).sample
+
+
+def test_channels_last_computes_the_same(tiny):
+    fast = build_tiny(channels_last=True)
+    assert fast.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(_unet_output(fast), _unet_output(tiny), atol=1e-5)
+    assert fast.provenance == tiny.provenance  # a speed option: same cache keys
+
+
+@pytest.mark.slow
+def test_compiled_unet_computes_the_same_and_keeps_processors_working(tiny):
+    from semantix.diffusion.attention import InjectableAttnProcessor, attention_processors, self_attention_layers
+
+    fast = build_tiny(compile_unet=True)
+    assert torch.allclose(_unet_output(fast), _unet_output(tiny), atol=1e-5)
+    layers = self_attention_layers(fast.unet, [3])
+    with attention_processors(fast.unet, {n: InjectableAttnProcessor(n) for n in layers}):
+        assert torch.allclose(_unet_output(fast), _unet_output(tiny), atol=1e-5)

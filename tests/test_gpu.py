@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -44,3 +46,32 @@ def test_sd15_architecture_step_fits_and_runs_at_512(tmp_path):
     out = method(sample, torch.Generator().manual_seed(0))
     assert out.image.shape == (3, 512, 512) and torch.isfinite(out.image).all()
     assert torch.cuda.max_memory_allocated() < 40 * 2**30
+
+
+def test_kernel_benchmark_variants_run_and_keep_the_numbers():
+    from benchmarks.sampler import bench_kernels
+
+    report = bench_kernels(steps=2, repeats=1)
+    assert [v["dtype"] for v in report["variants"]][:3] == ["float32", "float16", "bfloat16"]
+    for variant in report["variants"]:
+        assert variant["unet_relative_error_vs_float32"] < 5e-2, variant
+
+
+@pytest.mark.parametrize("name", ["eye_for_an_eye_20steps", "cross_image_attention_20steps", "styleid_20steps",
+                                  "stylegallery_fast"])
+def test_baselines_run_on_cuda_in_half_precision(tmp_path, name):
+    from omegaconf import OmegaConf
+
+    from semantix.registry import METHODS
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "method"
+    base = OmegaConf.load(conf / f"{name}.yaml")
+    parent = OmegaConf.load(conf / f"{base.defaults[0].split('@')[0]}.yaml")
+    settings = {k: v for k, v in OmegaConf.to_container(OmegaConf.merge(parent, base)).items()
+                if k not in ("_target_", "name", "defaults")}
+    manifest = Manifest.load(demo_manifest_path())
+    sample = manifest.load_sample(manifest.sample_ids[0], 64)
+    method = METHODS.build(parent.name, **settings)
+    method.prepare(build_tiny(device="cuda", dtype="float16"), tmp_path)
+    out = method(sample, torch.Generator().manual_seed(0))
+    assert out.image.shape == sample.content.shape and torch.isfinite(out.image).all()

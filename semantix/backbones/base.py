@@ -180,3 +180,23 @@ def finalize_modules(*modules: torch.nn.Module, device: torch.device, dtype: tor
         # torch's own `to`: diffusers' override warns about "modules to keep in float32" even when
         # there are none (diffusers 0.42).
         torch.nn.Module.to(module, device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def apply_kernel_options(backbone: Backbone, channels_last: bool = False, compile_unet: bool = False) -> Backbone:
+    """Speed options that do not change what is computed (to float rounding); off by default.
+
+    - ``channels_last``: NHWC memory format for the UNet and the VAE (faster convolutions on
+      tensor-core GPUs);
+    - ``compile_unet``: ``torch.compile`` the UNet in place (``nn.Module.compile``), so attention
+      processors, hooks and the module identity keep working; the first call of each new input shape
+      or processor set recompiles, which only pays on long runs.
+    Both are measured by ``benchmarks/sampler.py`` (``bench_kernels``). They are recorded in the run's
+    config but are not part of the run identity nor of cache keys (`provenance`): they change how, not
+    what, the backbone computes.
+    """
+    if channels_last:
+        for module in (backbone.unet, backbone.vae):
+            module.to(memory_format=torch.channels_last)
+    if compile_unet:
+        backbone.unet.compile()
+    return backbone

@@ -17,6 +17,7 @@ from typing import Any
 from semantix.backbones.base import (
     SD15_SCHEDULER_CONFIG,
     Backbone,
+    apply_kernel_options,
     dtype_name,
     finalize_modules,
     resolve_device,
@@ -142,6 +143,8 @@ def load_sd15(
     device: str = "auto",
     dtype: str = "auto",
     local_files_only: bool | None = None,
+    channels_last: bool = False,
+    compile_unet: bool = False,
 ) -> Backbone:
     """Load SD1.5's UNet, VAE, text encoder, tokenizer and noise schedule as a Backbone.
 
@@ -174,7 +177,7 @@ def load_sd15(
     finalize_modules(unet, vae, text_encoder, device=torch_device, dtype=torch_dtype)
     scheduler_config, scheduler_source = _scheduler_config(folder)
 
-    return Backbone(
+    backbone = Backbone(
         name="sd15",
         unet=unet,
         vae=vae,
@@ -199,6 +202,7 @@ def load_sd15(
             "scheduler_config": scheduler_source,
         },
     )
+    return apply_kernel_options(backbone, channels_last, compile_unet)
 
 
 def save_as_diffusers_folder(backbone: Backbone, path: str | Path) -> Path:

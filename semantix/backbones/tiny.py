@@ -21,6 +21,7 @@ import torch
 from semantix.backbones.base import (
     SD15_SCHEDULER_CONFIG,
     Backbone,
+    apply_kernel_options,
     dtype_name,
     finalize_modules,
     resolve_device,
@@ -152,6 +153,8 @@ def build_tiny(
     layers_per_block: int = 2,
     block_out_channels: tuple[int, ...] = TINY.unet_widths,
     cross_attention_dim: int = TINY.cross_attention_dim,
+    channels_last: bool = False,
+    compile_unet: bool = False,
 ) -> Backbone:
     """SD1.5-shaped backbone with tiny widths and random weights seeded by `seed`.
 
@@ -161,15 +164,18 @@ def build_tiny(
     arch = replace(TINY, layers_per_block=layers_per_block, cross_attention_dim=cross_attention_dim,
                    unet_widths=tuple(int(c) for c in block_out_channels),
                    norm_groups=math.gcd(8, *block_out_channels))
-    return build_random(arch, "tiny", resolution, seed, device, dtype)
+    return apply_kernel_options(build_random(arch, "tiny", resolution, seed, device, dtype), channels_last,
+                                compile_unet)
 
 
-def build_sd15_random(resolution: int = 512, seed: int = 0, device: str = "auto", dtype: str = "auto") -> Backbone:
+def build_sd15_random(resolution: int = 512, seed: int = 0, device: str = "auto", dtype: str = "auto",
+                      channels_last: bool = False, compile_unet: bool = False) -> Backbone:
     """Stable Diffusion 1.5's full architecture with random weights: real cost, meaningless outputs.
 
     For timing and memory benchmarks on machines without the weights (see benchmarks/).
     """
-    return build_random(SD15, "sd15_random", resolution, seed, device, dtype)
+    return apply_kernel_options(build_random(SD15, "sd15_random", resolution, seed, device, dtype), channels_last,
+                                compile_unet)
 
 
 def build_random(arch: RandomArchitecture, name: str, resolution: int, seed: int, device: str, dtype: str) -> Backbone:
