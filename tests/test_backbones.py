@@ -253,7 +253,11 @@ def test_channels_last_computes_the_same(tiny):
 
 @pytest.mark.slow
 def test_compiled_unet_computes_the_same_and_keeps_processors_working(tiny):
-    from semantix.diffusion.attention import InjectableAttnProcessor, attention_processors, self_attention_layers
+    from semantix.diffusion.attention import (
+        InjectableAttnProcessor,
+        attention_processors,
+        self_attention_layers,
+    )
 
     fast = build_tiny(compile_unet=True)
     assert torch.allclose(_unet_output(fast), _unet_output(tiny), atol=1e-5)
