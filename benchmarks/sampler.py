@@ -349,11 +349,13 @@ def main(argv: list[str] | None = None) -> dict:
                         help="methods to time at their paper settings (none: skip)")
     args = parser.parse_args(argv)
 
-    runs = []
+    runs = []  # (backbone, steps, seconds to build it: a shard's model load, for the cost projection)
     if args.backbone in ("tiny", "all"):
-        runs.append((build_tiny(), args.steps or 20))
+        start = time.perf_counter()
+        runs.append((build_tiny(), args.steps or 20, time.perf_counter() - start))
     if args.backbone == "sd15_random" or (args.backbone == "all" and torch.cuda.is_available()):
-        runs.append((build_sd15_random(), args.steps or 60))
+        start = time.perf_counter()
+        runs.append((build_sd15_random(), args.steps or 60, time.perf_counter() - start))
     device = runs[-1][0].device
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     report = {
@@ -368,8 +370,11 @@ def main(argv: list[str] | None = None) -> dict:
         "correspondence": bench_correspondence(device),
         "kernels": bench_kernels(),
     }
-    for backbone, steps in runs:
+    for backbone, steps, load_seconds in runs:
         result = bench_backbone(backbone, steps, args.sweep, args.repeats)
+        result["device"] = torch.cuda.get_device_name(backbone.device) if backbone.device.type == "cuda" else "cpu"
+        # Random weights are built, not read from disk: a lower bound on loading SD1.5's files.
+        result["backbone_load_seconds"] = load_seconds
         result["methods"] = bench_methods(backbone, result["seconds"]["plain_cfg_step"], args.methods)
         result["batching"] = bench_batching(backbone, steps)
         report["results"].append(result)
