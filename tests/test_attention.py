@@ -74,16 +74,22 @@ def test_without_injection_it_equals_attn_processor_2_0(unet, inputs):
     assert torch.equal(ours, reference)
 
 
+def run_recording(unet, procs, inputs):
+    """One plain run with every processor recording its q/k/v; returns (output, recorded per layer)."""
+    for p in procs.values():
+        p.record = {}
+    output = run(unet, inputs)
+    recorded = {n: dict(p.record) for n, p in procs.items()}
+    for p in procs.values():
+        p.record = None
+    return output, recorded
+
+
 def test_record_then_inject(unet, inputs):
     layers = self_attention_layers(unet, [3])
     procs = {n: InjectableAttnProcessor(n) for n in layers}
     with attention_processors(unet, procs):
-        for p in procs.values():
-            p.record = {}
-        plain = run(unet, inputs)
-        recorded = {n: dict(p.record) for n, p in procs.items()}
-        for p in procs.values():
-            p.record = None
+        plain, recorded = run_recording(unet, procs, inputs)
         # Re-injecting the layer's own k/v (gamma 0, T 1) changes nothing ...
         for n, p in procs.items():
             p.inject = Injection(key=recorded[n]["k"], value=recorded[n]["v"])
@@ -131,12 +137,8 @@ def test_kv_rows_equal_injecting_the_other_rows_keys_and_values(unet, inputs):
     layers = self_attention_layers(unet, [2, 3])
     procs = {n: InjectableAttnProcessor(n) for n in layers}
     with attention_processors(unet, procs):
+        plain, recorded = run_recording(unet, procs, batch)
         for p in procs.values():
-            p.record = {}
-        plain = run(unet, batch)
-        recorded = {n: dict(p.record) for n, p in procs.items()}
-        for p in procs.values():
-            p.record = None
             p.inject = Injection(kv_rows=[1, 1, 2])
         by_rows = run(unet, batch)
         # Inject in the last layer only: its inputs, hence its recorded k/v, are those of the plain run.
