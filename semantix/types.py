@@ -13,6 +13,12 @@ from typing import Any
 import torch
 
 
+def reference_keys(n: int) -> list[str]:
+    """Keys of `n` references in `Sample.input_sha256` and `Sample.masks`: "reference" for one,
+    else "reference_0", "reference_1", ..."""
+    return ["reference"] if n == 1 else [f"reference_{k}" for k in range(n)]
+
+
 @dataclass(frozen=True)
 class Sample:
     """One benchmark item: a content (context) image and one or more references."""
@@ -28,6 +34,11 @@ class Sample:
     # Optional foreground masks, float32 (1, H, W) of 0s and 1s, keyed like `input_sha256`'s images
     # ("content", "reference" or "reference_0", ...); only the images the manifest gives masks for.
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def reference_keys(self) -> list[str]:
+        """This sample's reference keys in `input_sha256` and `masks`, in reference order."""
+        return reference_keys(len(self.references))
 
     @property
     def reference(self) -> torch.Tensor:

@@ -41,7 +41,7 @@ import torch
 
 from semantix.data.images import open_image, open_mask, sha256_file, to_tensor
 from semantix.store import atomic_write_bytes
-from semantix.types import ManifestError, Sample, SampleError
+from semantix.types import ManifestError, Sample, SampleError, reference_keys
 
 __all__ = ["Manifest", "write_manifest", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "REFERENCE_SEPARATOR"]
 
@@ -166,22 +166,18 @@ class Manifest:
                 f"sample {sample_id}: {len(reference_paths)} reference file(s) but {len(reference_hashes)} "
                 "reference_sha256 value(s); give one hash per file, in the same order."
             )
-        reference_keys = (
-            ["reference"]
-            if len(reference_paths) == 1
-            else [f"reference_{index}" for index in range(len(reference_paths))]
-        )
+        keys = reference_keys(len(reference_paths))
 
         input_sha256: dict[str, str] = {}
         content, input_sha256["content"] = self._load_file(
             sample_id, "content", content_path, row.get("content_sha256"), resolution
         )
         references = []
-        for index, (key, relative) in enumerate(zip(reference_keys, reference_paths, strict=True)):
+        for index, (key, relative) in enumerate(zip(keys, reference_paths, strict=True)):
             expected = reference_hashes[index] if reference_hashes else None
             image, input_sha256[key] = self._load_file(sample_id, key, relative, expected, resolution)
             references.append(image)
-        masks = self._load_masks(sample_id, row, reference_keys, resolution, input_sha256)
+        masks = self._load_masks(sample_id, row, keys, resolution, input_sha256)
         meta: dict[str, Any] = {
             column: value for column, value in row.items() if column not in _SAMPLE_FIELDS
         }
@@ -197,7 +193,7 @@ class Manifest:
         )
 
     def _load_masks(
-        self, sample_id: str, row: Mapping[str, Any], reference_keys: list[str], resolution: int,
+        self, sample_id: str, row: Mapping[str, Any], keys: list[str], resolution: int,
         input_sha256: dict[str, str],
     ) -> dict[str, torch.Tensor]:
         """The row's optional masks, keyed like the images; their hashes go to `input_sha256` as `<key>_mask`."""
@@ -207,12 +203,12 @@ class Manifest:
         paths = _split(row.get("reference_mask"))
         if paths:
             hashes = _split(row.get("reference_mask_sha256")) or [None] * len(paths)
-            if len(paths) != len(reference_keys) or len(hashes) != len(paths):
+            if len(paths) != len(keys) or len(hashes) != len(paths):
                 raise SampleError(
-                    f"sample {sample_id}: {len(reference_keys)} reference file(s) but {len(paths)} reference_mask "
+                    f"sample {sample_id}: {len(keys)} reference file(s) but {len(paths)} reference_mask "
                     f"path(s) and {len(hashes)} hash(es); give one mask per reference, in the same order."
                 )
-            wanted.extend(zip(reference_keys, paths, hashes, strict=True))
+            wanted.extend(zip(keys, paths, hashes, strict=True))
         masks = {}
         for key, relative, expected in wanted:
             try:

@@ -23,6 +23,16 @@ from semantix.store import atomic_write_bytes, atomic_write_json, stable_hash
 
 log = logging.getLogger(__name__)
 
+# Storage dtypes a method may choose for the features it caches (`feature_dtype` in its config).
+FEATURE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def resolve_feature_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a `feature_dtype` config value; a clear error for anything else."""
+    if name not in FEATURE_DTYPES:
+        raise ValueError(f"feature_dtype must be one of {sorted(FEATURE_DTYPES)}, got {name!r}")
+    return FEATURE_DTYPES[name]
+
 
 class TensorCache:
     def __init__(self, root: Path | str | None, enabled: bool = True):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -51,6 +51,16 @@ class JointBatch:
     masks: tuple[torch.Tensor, torch.Tensor] | None  # (structure, appearance) (1, H, W) image masks
     latent_masks: list[torch.Tensor] | None  # the same at latent resolution, (1, 1, h, w)
     references_used: int
+    sample_id: str = ""
+    _token_masks: dict = field(default_factory=dict, repr=False)
+
+    def token_masks(self, side: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(structure, appearance) masks on a ``side x side`` token grid, flat booleans; made once per side."""
+        if self.masks is None:
+            return None
+        if side not in self._token_masks:
+            self._token_masks[side] = tuple(mask_at(m, side, self.sample_id).flatten().bool() for m in self.masks)
+        return self._token_masks[side]
 
 
 class JointAppearanceTransfer(Method):
@@ -142,7 +152,7 @@ class JointAppearanceTransfer(Method):
         masks = self.masks(sample)
         latent_masks = None if masks is None else [mask_at(m, x.shape[-1], sample.sample_id) for m in masks]
         return JointBatch(prompt, x, zs, self.backbone.encode_prompt([prompt]).expand(3, -1, -1),
-                          self.uncond_embedding.expand(3, -1, -1), masks, latent_masks, used)
+                          self.uncond_embedding.expand(3, -1, -1), masks, latent_masks, used, sample.sample_id)
 
     def invert_inputs(self, sample: Sample, prompt: str, seed: int) -> tuple[Inversion, Inversion, int]:
         """Inversions of the structure (content) and appearance (first reference) images.
@@ -151,8 +161,7 @@ class JointAppearanceTransfer(Method):
         and the count is returned for the diagnostics.
         """
         structure = self.invert_image(sample.content, sample.input_sha256.get("content"), prompt, seed, "structure")
-        reference_key = "reference" if len(sample.references) == 1 else "reference_0"
-        appearance = self.invert_image(sample.references[0], sample.input_sha256.get(reference_key), prompt, seed,
+        appearance = self.invert_image(sample.references[0], sample.input_sha256.get(sample.reference_keys[0]), prompt, seed,
                                        "appearance")
         return structure, appearance, 1
 
@@ -194,8 +203,7 @@ class JointAppearanceTransfer(Method):
         """(structure, appearance) foreground masks ``(1, H, W)``, or None when unused or absent."""
         if not self.use_masks:
             return None
-        reference_key = "reference" if len(sample.references) == 1 else "reference_0"
-        content, reference = sample.masks.get("content"), sample.masks.get(reference_key)
+        content, reference = sample.masks.get("content"), sample.masks.get(sample.reference_keys[0])
         if content is None or reference is None:
             return None
         return content.to(self.backbone.device), reference.to(self.backbone.device)

@@ -32,7 +32,7 @@ from semantix.methods.appearance import (
     OUTPUT,
     STRUCTURE,
     JointAppearanceTransfer,
-    mask_at,
+    JointBatch,
     tokens_side,
 )
 from semantix.types import MethodOutput, Sample
@@ -80,7 +80,7 @@ class EyeForAnEye(JointAppearanceTransfer):
                 eps_uncond = self.predict(x, t, job.uncond)
                 # 2b. Conditional pass: output features rearranged by correspondence (or the structure's).
                 active = self.active_layers(r)
-                rewrite = self._rewrite(r, job.masks, sample.sample_id)
+                rewrite = self._rewrite(r, job)
                 for name, proc in processors.items():
                     proc.inject = Injection(rewrite_hidden=rewrite) if name in active else None
                 eps_cond = self.predict(x, t, job.cond)
@@ -96,7 +96,7 @@ class EyeForAnEye(JointAppearanceTransfer):
                                                       "masked": job.masks is not None, "prompt": job.prompt})
 
     # -- pieces --------------------------------------------------------------------------------------
-    def _rewrite(self, r: int, masks, sample_id: str):
+    def _rewrite(self, r: int, job: JointBatch):
         """The hidden-state rewrite of run step `r` for rows [output, appearance, structure]."""
         if self.is_structure_step(r):
             def to_structure(hidden: torch.Tensor) -> torch.Tensor:
@@ -106,10 +106,7 @@ class EyeForAnEye(JointAppearanceTransfer):
             return to_structure
 
         def by_correspondence(hidden: torch.Tensor) -> torch.Tensor:
-            out_mask = ref_mask = None
-            if masks is not None:
-                side = tokens_side(hidden.shape[1])
-                out_mask, ref_mask = (mask_at(m, side, sample_id).flatten().bool() for m in masks)
+            out_mask, ref_mask = job.token_masks(tokens_side(hidden.shape[1])) or (None, None)
             indices = cosine_correspondence(hidden[OUTPUT], hidden[APPEARANCE], out_mask, ref_mask,
                                             self.match_chunk_size)
             matched = indices >= 0

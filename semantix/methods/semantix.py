@@ -37,14 +37,13 @@ from semantix.diffusion import (
     spatial_energy,
     style_energy,
 )
-from semantix.diffusion.cache import TensorCache
+from semantix.diffusion.cache import TensorCache, resolve_feature_dtype
 from semantix.methods.base import Method
 from semantix.store import stable_hash
 from semantix.types import MethodOutput, Sample
 
 GUIDANCE_FORMS = ("eps", "latent")
 MATCH_SOURCES = ("context", "output")
-FEATURE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 class Semantix(Method):
@@ -76,8 +75,6 @@ class Semantix(Method):
             raise ValueError(f"guidance_apply must be one of {GUIDANCE_FORMS}, got {guidance_apply!r}")
         if match_on not in MATCH_SOURCES:
             raise ValueError(f"match_on must be one of {MATCH_SOURCES}, got {match_on!r}")
-        if feature_dtype not in FEATURE_DTYPES:
-            raise ValueError(f"feature_dtype must be one of {sorted(FEATURE_DTYPES)}, got {feature_dtype!r}")
         self.num_steps = num_steps
         self.guidance_scale = guidance_scale
         self.prompt = prompt
@@ -97,7 +94,7 @@ class Semantix(Method):
         self.reg_max_side = reg_max_side
         self.adain_start_step = adain_start_step
         self.cache_inversions = cache_inversions
-        self.feature_dtype = FEATURE_DTYPES[feature_dtype]
+        self.feature_dtype = resolve_feature_dtype(feature_dtype)
 
     # -- set-up --------------------------------------------------------------------------------------
     def prepare(self, backbone, cache_dir: Path) -> None:
@@ -132,7 +129,7 @@ class Semantix(Method):
             #    their decoder features F^c_t, F^r_t on the way (they replay, never re-sample).
             contexts.append(self._invert(sample.content, sample.input_sha256.get("content"), context_prompt, seed,
                                          "context"))
-            hashes = [sample.input_sha256.get(k) for k in _reference_keys(len(sample.references))]
+            hashes = [sample.input_sha256.get(k) for k in sample.reference_keys]
             references.append([
                 self._invert(image, sha, self.reference_prompt, seed, f"reference_{k}")
                 for k, (image, sha) in enumerate(zip(sample.references, hashes, strict=True))
@@ -263,11 +260,6 @@ class Semantix(Method):
             if self.gammas["reg"]:
                 total["reg"] = total["reg"] + weight * semantic_distance_energy(f_out, f_ctx, self.reg_max_side)
         return {k: v for k, v in total.items() if isinstance(v, torch.Tensor)}
-
-
-def _reference_keys(n: int) -> list[str]:
-    """Keys of the references' hashes in `Sample.input_sha256` (see `Manifest.load_sample`)."""
-    return ["reference"] if n == 1 else [f"reference_{k}" for k in range(n)]
 
 
 def _latent_after_step(inversion: Inversion, i: int) -> torch.Tensor:

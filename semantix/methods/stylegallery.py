@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from semantix.diffusion.attention import self_attention_layers
-from semantix.diffusion.cache import TensorCache
+from semantix.diffusion.cache import TensorCache, resolve_feature_dtype
 from semantix.diffusion.ddim import ddim_invert
 from semantix.diffusion.eps import UNetEpsFn
 from semantix.diffusion.features import capture_block_outputs
@@ -58,11 +58,9 @@ from semantix.diffusion.regions import (
     weighted_features,
 )
 from semantix.methods.base import Method
-from semantix.methods.semantix import _reference_keys
 from semantix.types import MethodOutput, Sample, WeightsNotFoundError
 
 SEMANTIC_FEATURES = ("backbone", "dinov2")
-FEATURE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 DINOV2_SIZE = 224  # [ours] DINOv2 input side (16 x 16 patches of 14 px)
 
 
@@ -133,8 +131,6 @@ class StyleGallery(Method):
             raise ValueError("depth_split: true needs a depth model: set the config key `depth_model` to a local "
                              "transformers depth-estimation model folder (e.g. DPT or Depth Anything), or set "
                              "`depth_split: false`")
-        if feature_dtype not in FEATURE_DTYPES:
-            raise ValueError(f"feature_dtype must be one of {sorted(FEATURE_DTYPES)}, got {feature_dtype!r}")
         if not 2 <= k_min <= k_max:
             raise ValueError(f"need 2 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
         if opt_steps < 0 or inversion_steps < 1:
@@ -162,7 +158,7 @@ class StyleGallery(Method):
         self.opt_steps = opt_steps
         self.opt_timestep = opt_timestep
         self.cache_inversions = cache_inversions
-        self.feature_dtype = FEATURE_DTYPES[feature_dtype]
+        self.feature_dtype = resolve_feature_dtype(feature_dtype)
         self.dinov2 = None  # set in prepare when configured
         self.depth = None
 
@@ -202,7 +198,7 @@ class StyleGallery(Method):
         random_state = int(torch.randint(0, 2**31 - 1, (), generator=generator))  # K-means seeds
         images = [sample.content, *sample.references]
         names = ["content", *(f"reference_{j}" for j in range(len(sample.references)))]
-        hashes = [sample.input_sha256.get(k) for k in ["content", *_reference_keys(len(sample.references))]]
+        hashes = [sample.input_sha256.get(k) for k in ["content", *sample.reference_keys]]
 
         # Stage 1: semantic regions of the content and of every reference image, from step-weighted
         # decoder features of a short inversion: PCA, K-means (k by silhouette), merge, clean-up.

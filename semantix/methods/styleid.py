@@ -28,14 +28,12 @@ from semantix.diffusion.attention import (
     attention_processors,
     self_attention_layers,
 )
-from semantix.diffusion.cache import TensorCache
+from semantix.diffusion.cache import TensorCache, resolve_feature_dtype
 from semantix.diffusion.ddim import DDIMInversion, DDIMStepper, ddim_invert
 from semantix.methods.base import Method
-from semantix.methods.semantix import _reference_keys
 from semantix.types import MethodOutput, Sample
 
 MULTI_REFERENCE = ("concat", "first")
-FEATURE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 class StyleID(Method):
@@ -58,8 +56,6 @@ class StyleID(Method):
     ):
         if multi_reference not in MULTI_REFERENCE:
             raise ValueError(f"multi_reference must be one of {MULTI_REFERENCE}, got {multi_reference!r}")
-        if feature_dtype not in FEATURE_DTYPES:
-            raise ValueError(f"feature_dtype must be one of {sorted(FEATURE_DTYPES)}, got {feature_dtype!r}")
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {gamma}")
         if temperature <= 0:
@@ -75,7 +71,7 @@ class StyleID(Method):
         self.prompt = prompt
         self.multi_reference = multi_reference
         self.cache_inversions = cache_inversions
-        self.feature_dtype = FEATURE_DTYPES[feature_dtype]
+        self.feature_dtype = resolve_feature_dtype(feature_dtype)
 
     # -- set-up --------------------------------------------------------------------------------------
     def prepare(self, backbone, cache_dir: Path) -> None:
@@ -93,7 +89,7 @@ class StyleID(Method):
         # 1. DDIM inversion of the content (recording its queries) and of the style(s) (keys/values).
         content = self._invert(sample.content, sample.input_sha256.get("content"), ("q",))
         references = list(sample.references)
-        hashes = [sample.input_sha256.get(k) for k in _reference_keys(len(references))]
+        hashes = [sample.input_sha256.get(k) for k in sample.reference_keys]
         if self.multi_reference == "first":
             references, hashes = references[:1], hashes[:1]
         styles = [self._invert(img, sha, ("k", "v")) for img, sha in zip(references, hashes, strict=True)]
