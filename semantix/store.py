@@ -7,10 +7,14 @@ Layout of one run directory (one per experiment x dataset x backbone x method co
     metrics.json         each metric's config hash and description (direction, comparison, range)
     records/<id>.json    one record per sample: status ok/failed, error, timings, metric values
     images/<id>.png      the output image (8-bit; metrics are computed on exactly these pixels)
+    videos/<id>/000.png  an output video's frames, lossless 8-bit (metrics read these)
+    videos/<id>.mp4      the same video for people to watch (H.264, lossy)
+    videos/<id>.gif      the same video as a looping preview (256 colours per frame)
 
 Every file is written to a temporary name in the same folder and renamed into place, so a crash
 (even SIGKILL) leaves either the old file or the new one, never a torn one. A record is written
-after its image, so an existing record always has its image.
+after its image (and frames), so an existing record always has them; one whose files went
+missing is treated as absent and its sample is redone.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +58,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def clip_sha256(frame_sha256s: Iterable[str]) -> str:
+    """One hash for an ordered clip: sha256 of its frames' sha256 hex strings joined by ";".
+
+    It changes when any frame changes, or when frames are added, removed or reordered.
+    """
+    return hashlib.sha256(";".join(frame_sha256s).encode()).hexdigest()
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:
@@ -111,10 +124,27 @@ class RunStore:
         if record.get("sample_id") != sample_id:
             log.warning("record %s belongs to %r: the sample will be redone", path, record.get("sample_id"))
             return None
-        if record.get("status") == "ok" and not (self.run_dir / record.get("image", "")).is_file():
-            log.warning("record %s has no image: the sample will be redone", path)
-            return None
+        if record.get("status") == "ok":
+            missing = self._missing_outputs(record)
+            if missing:
+                log.warning("record %s lacks its output %s: the sample will be redone", path, missing)
+                return None
         return record
+
+    def _missing_outputs(self, record: dict) -> str | None:
+        """Which output of an ok record is not on disk, or None when all are.
+
+        An image record needs its image; a video record needs every frame of its "frames" list (and
+        its image too when it names one).
+        """
+        frames = record.get("frames")
+        if "image" in record or frames is None:
+            if not (self.run_dir / record.get("image", "")).is_file():
+                return "image"
+        for relative in frames or []:
+            if not (self.run_dir / relative).is_file():
+                return f"frame {relative}"
+        return None
 
     def write_record(self, record: dict) -> None:
         atomic_write_json(self.record_path(record["sample_id"]), record)
@@ -139,6 +169,39 @@ class RunStore:
 
     def load_image(self, record: dict) -> torch.Tensor:
         return load_png(self.run_dir / record["image"])
+
+    # -- videos --------------------------------------------------------------------------------
+    def save_video(self, sample_id: str, frames: torch.Tensor, fps: float = 8) -> dict[str, Any]:
+        """Write an output video (F, 3, H, W) in [0, 1]: its frames as PNGs, an MP4 and a GIF preview.
+
+        Returns the record's video fields: "frames" (the PNG paths relative to the run, in order),
+        "frames_sha256" (`clip_sha256` of the PNGs' sha256s), "video" (the MP4) and "preview" (the
+        GIF). The PNGs hold exactly the pixels metrics see (quantized to 8 bits like `save_image`);
+        the MP4 and GIF are lossy, for viewing only.
+        """
+        # semantix.data imports this module, so its video writers are imported when first needed.
+        from semantix.data.video import check_frames, write_gif, write_mp4
+
+        check_frames(frames)
+        frames = frames.detach().float().cpu()
+        name = safe_filename(sample_id)
+        frame_paths, frame_hashes = [], []
+        for index, frame in enumerate(frames):
+            data = image_to_png_bytes(frame)
+            relative = f"videos/{name}/{index:03d}.png"
+            atomic_write_bytes(self.run_dir / relative, data)
+            frame_paths.append(relative)
+            frame_hashes.append(hashlib.sha256(data).hexdigest())
+        video, preview = f"videos/{name}.mp4", f"videos/{name}.gif"
+        stored = quantize(frames)
+        write_mp4(stored, self.run_dir / video, fps=fps)
+        write_gif(stored, self.run_dir / preview, fps=fps)
+        return {"frames": frame_paths, "frames_sha256": clip_sha256(frame_hashes), "video": video,
+                "preview": preview}
+
+    def load_frames(self, record: dict) -> torch.Tensor:
+        """The stored output video (F, 3, H, W) of a record, from its lossless PNG frames."""
+        return torch.stack([load_png(self.run_dir / relative) for relative in record["frames"]])
 
     # -- run-level files -----------------------------------------------------------------------
     def read_json(self, name: str) -> dict:

@@ -4,13 +4,15 @@ Built by `semantix.registry.build_dataset` from `conf/dataset/*.yaml`. The manif
 a whole when the dataset is built (a broken manifest stops the job with a clear error); each sample
 is validated when loaded (a bad sample fails alone, see `Manifest.load_sample`). `prepared_dataset`
 serves the sets `semantix-prep` builds (docs/datasets.md) and says how to build an absent one.
+`min_frames` (config key `dataset.min_frames`) is the fewest frames a video sample may have; a
+shorter clip fails alone. Image samples ignore it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from semantix.data import demo_manifest_path
+from semantix.data import demo_manifest_path, demo_video_manifest_path
 from semantix.data.manifest import Manifest
 from semantix.types import ManifestError, Sample
 
@@ -27,11 +29,19 @@ PREPARED_SETS = {
 
 class ManifestDataset:
     def __init__(
-        self, manifest: str | Path, resolution: int, root: str | Path | None = None, limit: int | None = None
+        self,
+        manifest: str | Path,
+        resolution: int,
+        root: str | Path | None = None,
+        limit: int | None = None,
+        min_frames: int = 2,
     ):
+        if min_frames < 1:
+            raise ValueError(f"dataset.min_frames must be at least 1, got {min_frames}")
         self.manifest = Manifest.load(manifest, root)
         self.resolution = resolution
         self.limit = limit
+        self.min_frames = min_frames
         ids = self.manifest.sample_ids
         self.sample_ids: list[str] = ids[:limit] if limit is not None else ids
 
@@ -39,7 +49,7 @@ class ManifestDataset:
         return len(self.sample_ids)
 
     def load_sample(self, sample_id: str) -> Sample:
-        return self.manifest.load_sample(sample_id, self.resolution)
+        return self.manifest.load_sample(sample_id, self.resolution, min_frames=self.min_frames)
 
     def provenance(self) -> dict:
         return {
@@ -49,6 +59,7 @@ class ManifestDataset:
             "n_samples": len(self.sample_ids),
             "limit": self.limit,
             "resolution": self.resolution,
+            "min_frames": self.min_frames,
         }
 
 
@@ -58,6 +69,7 @@ def prepared_dataset(
     resolution: int,
     root: str | Path | None = None,
     limit: int | None = None,
+    min_frames: int = 2,
 ) -> ManifestDataset:
     """A set made by `semantix-prep` (`PREPARED_SETS`): a `ManifestDataset` over its manifest.
 
@@ -79,9 +91,14 @@ def prepared_dataset(
             f"(it writes {path.parent / file_name}), or set dataset.manifest=/path/to/{file_name} to use "
             "a set prepared elsewhere (see docs/datasets.md)."
         )
-    return ManifestDataset(path, resolution, root=root, limit=limit)
+    return ManifestDataset(path, resolution, root=root, limit=limit, min_frames=min_frames)
 
 
 def demo_dataset(resolution: int, limit: int | None = None) -> ManifestDataset:
     """The embedded demo set shipped in the package (see semantix/data/demo/LICENSES.md)."""
     return ManifestDataset(demo_manifest_path(), resolution, limit=limit)
+
+
+def demo_video_dataset(resolution: int, limit: int | None = None, min_frames: int = 2) -> ManifestDataset:
+    """The embedded demo video set: one synthetic 16-frame camera pan x two styles (`manifest_video.csv`)."""
+    return ManifestDataset(demo_video_manifest_path(), resolution, limit=limit, min_frames=min_frames)

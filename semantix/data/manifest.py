@@ -17,11 +17,16 @@ reference_sha256   no        sha256 of each reference file, ``;``-separated, sam
 content_mask       no        foreground mask of the content (white = foreground)
 reference_mask     no        foreground mask of each reference, ``;``-separated, same order
                              (a ``*_mask_sha256`` column checks them like the images)
+frames             no        a video sample's frames in order, ``;``-separated; ``content``
+                             is then its first frame
+frames_sha256      no        sha256 of each frame file, ``;``-separated, same order
 =================  ========  ==============================================================
 
-Any other column is kept and handed to the sample as ``meta``. Paths are relative to the dataset
-root, which defaults to the manifest's folder; a path that resolves (symlinks included) outside
-the root is refused. Every value is read as a string; empty cells become ``None``.
+A row with ``frames`` is a video sample (`Sample.frames`, see `Manifest.load_sample`); a row
+without is an image sample. Any other column is kept and handed to the sample as ``meta``. Paths
+are relative to the dataset root, which defaults to the manifest's folder; a path that resolves
+(symlinks included) outside the root is refused. Every value is read as a string; empty cells
+become ``None``.
 
 Errors split in two: a manifest that cannot be used as a whole raises `ManifestError` when it is
 loaded (the run cannot start); a problem with one row's files raises `SampleError` from
@@ -40,19 +45,28 @@ import pandas as pd
 import torch
 
 from semantix.data.images import open_image, open_mask, sha256_file, to_tensor
-from semantix.store import atomic_write_bytes
+from semantix.store import atomic_write_bytes, clip_sha256
 from semantix.types import ManifestError, Sample, SampleError, reference_keys
 
-__all__ = ["Manifest", "write_manifest", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "REFERENCE_SEPARATOR"]
+__all__ = [
+    "Manifest",
+    "write_manifest",
+    "REQUIRED_COLUMNS",
+    "OPTIONAL_COLUMNS",
+    "REFERENCE_SEPARATOR",
+    "VIDEO_COLUMNS",
+]
 
 REQUIRED_COLUMNS = ("sample_id", "content", "reference")
-OPTIONAL_COLUMNS = ("prompt", "domain", "split", "content_sha256", "reference_sha256")
+VIDEO_COLUMNS = ("frames", "frames_sha256")
+OPTIONAL_COLUMNS = ("prompt", "domain", "split", "content_sha256", "reference_sha256") + VIDEO_COLUMNS
 REFERENCE_SEPARATOR = ";"
 _FORMATS = {".csv": "CSV", ".parquet": "Parquet"}
 # Columns that `load_sample` maps to Sample fields; every other column goes to Sample.meta.
 MASK_COLUMNS = ("content_mask", "reference_mask", "content_mask_sha256", "reference_mask_sha256")
 _SAMPLE_FIELDS = frozenset(
     REQUIRED_COLUMNS + ("prompt", "domain", "content_sha256", "reference_sha256") + MASK_COLUMNS
+    + VIDEO_COLUMNS
 )
 
 Row = dict[str, str | None]
@@ -139,7 +153,7 @@ class Manifest:
         """A copy of one row's raw values (strings or None). Raises KeyError for an unknown id."""
         return dict(self._row(sample_id))
 
-    def load_sample(self, sample_id: str, resolution: int) -> Sample:
+    def load_sample(self, sample_id: str, resolution: int, *, min_frames: int = 2) -> Sample:
         """Load, verify and prepare one sample at `resolution` x `resolution`.
 
         Each file is checked in this order: its path must stay inside the root; it must decode
@@ -147,8 +161,17 @@ class Manifest:
         records one. Hashes the manifest lacks are computed, so `Sample.input_sha256` always holds
         every input file's hash: key ``content`` and ``reference`` (one reference) or
         ``reference_0``, ``reference_1``, ... (several). Columns other than the Sample fields and
-        hashes go to `Sample.meta`. Raises `SampleError` for any problem with this row's files
-        and KeyError for an unknown sample id.
+        hashes go to `Sample.meta`.
+
+        A row with ``frames`` is a video sample: it needs at least `min_frames` frames, each frame
+        is checked like an image, all must have the same size as decoded (before resizing), and
+        each is then resized like every image; `Sample.frames` is the (F, 3, R, R) stack, in
+        order. ``content`` is loaded from its own column as for an image sample (data_prep writes
+        the first frame there). ``input_sha256["frames"]`` is one hash for the ordered clip:
+        `semantix.store.clip_sha256` of the frames' sha256s.
+
+        Raises `SampleError` for any problem with this row's files and KeyError for an unknown
+        sample id.
         """
         row = self._row(sample_id)
         content_path = row["content"]
@@ -178,6 +201,9 @@ class Manifest:
             image, input_sha256[key] = self._load_file(sample_id, key, relative, expected, resolution)
             references.append(image)
         masks = self._load_masks(sample_id, row, keys, resolution, input_sha256)
+        frames = None
+        if row.get("frames") is not None:
+            frames, input_sha256["frames"] = self._load_frames(sample_id, row, resolution, min_frames)
         meta: dict[str, Any] = {
             column: value for column, value in row.items() if column not in _SAMPLE_FIELDS
         }
@@ -190,7 +216,50 @@ class Manifest:
             input_sha256=input_sha256,
             meta=meta,
             masks=masks,
+            frames=frames,
         )
+
+    def _load_frames(
+        self, sample_id: str, row: Mapping[str, Any], resolution: int, min_frames: int
+    ) -> tuple[torch.Tensor, str]:
+        """A video row's frames as (F, 3, R, R), and `clip_sha256` of their files."""
+        paths = _split(row["frames"])
+        if any(part == "" for part in paths):
+            raise SampleError(
+                f"sample {sample_id}: the frames cell has an empty path between {REFERENCE_SEPARATOR!r} "
+                "separators."
+            )
+        if len(paths) < min_frames:
+            raise SampleError(
+                f"sample {sample_id}: video has {len(paths)} frame(s); at least {min_frames} needed "
+                "(dataset.min_frames)."
+            )
+        hashes = _split(row.get("frames_sha256"))
+        if hashes and len(hashes) != len(paths):
+            raise SampleError(
+                f"sample {sample_id}: {len(paths)} frame file(s) but {len(hashes)} frames_sha256 value(s); "
+                "give one hash per frame, in the same order."
+            )
+        tensors, frame_hashes = [], []
+        for index, relative in enumerate(paths):
+            role = f"frame {index}"
+            try:
+                path = self.resolve(relative)
+                image = open_image(path)
+            except SampleError as exc:
+                raise SampleError(f"sample {sample_id}, {role}: {exc}") from exc
+            frame_hashes.append(self._check_sha256(sample_id, role, path, hashes[index] if hashes else None))
+            # Frames of different sizes would be scaled and cropped differently: the clip would jump.
+            if index == 0:
+                first_size = image.size
+            elif image.size != first_size:
+                raise SampleError(
+                    f"sample {sample_id}: frame {index} is {image.width}x{image.height}, frame 0 is "
+                    f"{first_size[0]}x{first_size[1]} ({path}); every frame of a video must have the same "
+                    "size."
+                )
+            tensors.append(to_tensor(image, resolution))
+        return torch.stack(tensors), clip_sha256(frame_hashes)
 
     def _load_masks(
         self, sample_id: str, row: Mapping[str, Any], keys: list[str], resolution: int,
