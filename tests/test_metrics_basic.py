@@ -90,7 +90,7 @@ def test_colour_distance_identity_disjoint_and_direction():
 def test_metrics_declare_direction_comparison_and_range():
     assert GreySSIM.describe() == {"higher_is_better": True, "compares": "output-content",
                                    "input_range": [0.0, 1.0], "weights": None,
-                                   "set_level": False}
+                                   "set_level": False, "video": False}
     assert ColourHistogramDistance.describe()["higher_is_better"] is False
     assert ColourHistogramDistance.describe()["compares"] == "output-reference"
 

@@ -1,11 +1,14 @@
 """The one place where images are checked and converted at the metric boundary.
 
-Harness images are float32 (3, H, W) in [0, 1] (see `semantix.types`). A metric declares the range
-it expects; `check_unit_range` refuses anything else instead of silently scoring a wrongly scaled
-image (a [-1, 1] or 0..255 image passed as [0, 1] is the classic silent bug of public metric code).
+Harness images are float32 (3, H, W) in [0, 1] (see `semantix.types`), videos (F, 3, H, W) of such
+frames. A metric declares the range it expects; `check_unit_range` (`check_unit_range_frames` for
+videos) refuses anything else instead of silently scoring a wrongly scaled image (a [-1, 1] or 0..255
+image passed as [0, 1] is the classic silent bug of public metric code).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -26,6 +29,16 @@ def check_unit_range(image: torch.Tensor, what: str) -> torch.Tensor:
             "(a [-1, 1] or 0..255 image must be converted first)"
         )
     return image.float().clamp(0.0, 1.0)
+
+
+def check_unit_range_frames(frames: torch.Tensor, what: str) -> torch.Tensor:
+    """Return `frames` as float32 if they are (F, 3, H, W) frames in [0, 1]; raise ValueError otherwise
+    (each frame is checked as an image, so the message names the offending frame)."""
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"{what}: expected (F, 3, H, W) frames, got shape {tuple(frames.shape)}")
+    for index, frame in enumerate(frames):
+        check_unit_range(frame, f"{what}, frame {index}")
+    return frames.float().clamp(0.0, 1.0)
 
 
 def check_same_size(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
@@ -98,6 +111,27 @@ def to_dino_input(image: torch.Tensor, short_side: int = 224, max_side: int = 48
     batch = check_unit_range(image, "DINO input").unsqueeze(0)
     return _normalise(_resize(batch, dino_size(*batch.shape[-2:], short_side, max_side, patch)),
                       IMAGENET_MEAN, IMAGENET_STD)
+
+
+# torchvision's RAFT builds a 4-level correlation pyramid on 1/8-resolution features and needs those
+# features at least 16 wide and high, hence inputs of at least 128 px; both sides must divide by 8.
+RAFT_MIN_SIDE = 128
+RAFT_MULTIPLE = 8
+
+
+def raft_size(height: int, width: int, short_side: int | None = None) -> tuple[int, int]:
+    """RAFT's input size for frames of height x width: scaled (aspect ratio kept) so that the short side
+    is `short_side` (None: the frames' own size), then up to at least RAFT_MIN_SIDE, each side rounded
+    up to a multiple of RAFT_MULTIPLE."""
+    scale = max(short_side or min(height, width), RAFT_MIN_SIDE) / min(height, width)
+    # Rounded before the ceiling so that float fuzz (128.00000000000003) does not add a block of 8.
+    return tuple(math.ceil(round(side * scale, 6) / RAFT_MULTIPLE) * RAFT_MULTIPLE for side in (height, width))
+
+
+def to_raft_input(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """RAFT (torchvision optical flow): (F, 3, H, W) frames in [0, 1] resized to `size` (see `raft_size`)
+    and mapped to [-1, 1], as torchvision's `Raft_Large_Weights.transforms()` does."""
+    return _resize(check_unit_range_frames(frames, "RAFT input"), size) * 2.0 - 1.0
 
 
 def to_inception_uint8(image: torch.Tensor) -> torch.Tensor:
