@@ -58,6 +58,7 @@ METHODS = Registry(
         "eye_for_an_eye": "semantix.methods.eye_for_an_eye:EyeForAnEye",
         "cross_image_attention": "semantix.methods.cross_image_attention:CrossImageAttention",
         "histogram_matching": "semantix.methods.classical:HistogramMatching",
+        "frame_by_frame": "semantix.methods.frame_by_frame:FrameByFrame",
     },
 )
 
@@ -77,6 +78,8 @@ METRICS = Registry(
         "correspondence_colour": "semantix.metrics.dino:CorrespondenceColourError",
         "fid": "semantix.metrics.fid:FID",
         "artfid": "semantix.metrics.fid:ArtFID",
+        "clip_frame_consistency": "semantix.metrics.temporal:CLIPFrameConsistency",
+        "warping_error": "semantix.metrics.temporal:WarpingError",
     },
 )
 
@@ -86,6 +89,9 @@ BACKBONES = Registry(
         "tiny": "semantix.backbones.tiny:build_tiny",
         "sd15": "semantix.backbones.sd15:load_sd15",
         "sd15_random": "semantix.backbones.tiny:build_sd15_random",
+        "tiny_video": "semantix.backbones.tiny:build_tiny_video",
+        "animatediff": "semantix.backbones.animatediff:load_animatediff",
+        "animatediff_random": "semantix.backbones.tiny:build_animatediff_random",
     },
 )
 
@@ -94,6 +100,7 @@ DATASETS = Registry(
     {
         "manifest": "semantix.data.dataset:ManifestDataset",
         "demo": "semantix.data.dataset:demo_dataset",
+        "demo_video": "semantix.data.dataset:demo_video_dataset",
         "prepared": "semantix.data.dataset:prepared_dataset",
     },
 )

@@ -146,20 +146,30 @@ def run_directory(cfg: DictConfig, labels: RunLabels, label: str) -> tuple[Path,
 
 
 def _check_output(output: Any, sample: Sample) -> torch.Tensor:
+    """The output as stored: the image (3, H, W), or for a video sample the frames (F, 3, H, W), on the
+    8-bit grid; a clear error when it does not fit the sample."""
     if not isinstance(output, MethodOutput):
         raise TypeError(f"method returned {type(output).__name__}, expected MethodOutput")
-    image = output.image
-    if not isinstance(image, torch.Tensor) or image.shape != sample.content.shape:
-        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"method returned an image of shape {shape}, expected {tuple(sample.content.shape)}")
-    image = image.detach().float().cpu()
-    if not torch.isfinite(image).all():
-        raise ValueError("method returned an image with NaN or infinite values")
-    if image.min() < -1e-3 or image.max() > 1.0 + 1e-3:
+    if sample.is_video != (output.frames is not None):
+        if sample.is_video:
+            raise ValueError(
+                "method returned an image for a video sample; a video sample needs MethodOutput.frames (run an "
+                "image method on every frame with its frames_* config, e.g. method=frames_semantix)"
+            )
+        raise ValueError("method returned frames for an image sample")
+    media, expected = (output.frames, sample.frames) if sample.is_video else (output.image, sample.content)
+    what = "video" if sample.is_video else "image"
+    if not isinstance(media, torch.Tensor) or media.shape != expected.shape:
+        shape = tuple(media.shape) if isinstance(media, torch.Tensor) else type(media).__name__
+        raise ValueError(f"method returned an {what} of shape {shape}, expected {tuple(expected.shape)}")
+    media = media.detach().float().cpu()
+    if not torch.isfinite(media).all():
+        raise ValueError(f"method returned an {what} with NaN or infinite values")
+    if media.min() < -1e-3 or media.max() > 1.0 + 1e-3:
         raise ValueError(
-            f"method returned values in [{image.min():.3g}, {image.max():.3g}]; outputs must be in [0, 1]"
+            f"method returned values in [{media.min():.3g}, {media.max():.3g}]; outputs must be in [0, 1]"
         )
-    return quantize(image)
+    return quantize(media)
 
 
 def _error_entry(stage: str, error: BaseException) -> dict:
@@ -363,17 +373,20 @@ class Runner:
     def _record_output(self, run: MethodRun, sample: Sample, seed: int, output: MethodOutput, timings: dict) -> None:
         """Check, score and store one output (or its failure)."""
         try:
-            image = _check_output(output, sample)
+            media = _check_output(output, sample)
         except Exception as e:  # noqa: BLE001
             self._write_failure(run, sample.sample_id, seed, _error_entry("method", e), sample.input_sha256)
             return
         start = time.perf_counter()
         try:
-            values = self._score(image, sample, list(self.metrics))
+            values = self._score(media, sample, list(self.metrics))
         except Exception as e:  # noqa: BLE001
             self._write_failure(run, sample.sample_id, seed, _error_entry("metrics", e), sample.input_sha256)
             return
         timings["metrics_s"] = round(time.perf_counter() - start, 4)
+        # A video's record also names its first frame as "image" (loggers and set-level metrics read it).
+        image = media[0] if sample.is_video else media
+        video_fields = run.store.save_video(sample.sample_id, media) if sample.is_video else {}
         image_path, image_sha = run.store.save_image(sample.sample_id, image)
         record = {
             "sample_id": sample.sample_id,
@@ -384,6 +397,7 @@ class Runner:
             "inputs": sample.input_sha256,
             "image": image_path,
             "image_sha256": image_sha,
+            **video_fields,
             "metrics": values,
             "metric_config": {name: self.metric_hashes[name] for name in values},
             "diagnostics": output.diagnostics,
@@ -396,9 +410,9 @@ class Runner:
 
     def _rescore(self, run: MethodRun, sample: Sample, metric_names: list[str]) -> None:
         record = run.store.read_record(sample.sample_id)
-        image = run.store.load_image(record)
+        media = run.store.load_frames(record) if "frames" in record else run.store.load_image(record)
         try:
-            values = self._score(image, sample, metric_names)
+            values = self._score(media, sample, metric_names)
         except Exception as e:  # noqa: BLE001
             run.errors.append(f"{sample.sample_id}: re-scoring failed: {e}")
             log.warning("re-scoring %s/%s failed: %s", run.label, sample.sample_id, e)
@@ -408,8 +422,25 @@ class Runner:
         run.store.write_record(record)
         run.rescored += 1
 
-    def _score(self, image: torch.Tensor, sample: Sample, names: list[str]) -> dict[str, float]:
-        return {name: float(self.metrics[name](image, sample)) for name in names}
+    def _score(self, media: torch.Tensor, sample: Sample, names: list[str]) -> dict[str, float]:
+        """Each metric's value for one output: an image, or a video's frames (F, 3, H, W).
+
+        On a video, a video metric (`video = True`: temporal consistency) sees all frames; an image
+        metric scores every frame against the same frame of the source (`Sample.frame_sample`) and
+        the video's value is the mean over frames.
+        """
+        values = {}
+        for name in names:
+            metric = self.metrics[name]
+            if metric.video and not sample.is_video:
+                raise ValueError(f"metric {name} scores videos; sample {sample.sample_id} is an image")
+            if metric.video or not sample.is_video:
+                values[name] = float(metric(media, sample))
+            else:
+                values[name] = float(torch.stack([
+                    torch.as_tensor(metric(frame, sample.frame_sample(f))).float() for f, frame in enumerate(media)
+                ]).mean())
+        return values
 
     def _write_failure(self, run: MethodRun, sample_id: str, seed: int, error: dict, inputs: dict) -> None:
         record = {

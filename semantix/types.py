@@ -1,13 +1,14 @@
 """The data that flows through the harness.
 
 Image convention, everywhere in the harness: float32 torch tensors, shape (3, H, W), values in
-[0, 1], on the CPU. Backbones convert to their own range ([-1, 1] for the VAE) internally; metrics
+[0, 1], on the CPU; a video is its frames stacked, (F, 3, H, W). Backbones convert to their own range ([-1, 1] for the VAE) internally; metrics
 convert in `semantix.metrics.inputs`. Nothing else rescales images.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -21,7 +22,11 @@ def reference_keys(n: int) -> list[str]:
 
 @dataclass(frozen=True)
 class Sample:
-    """One benchmark item: a content (context) image and one or more references."""
+    """One benchmark item: a content (context) image or video and one or more references.
+
+    A video sample has `frames`, the context video (F, 3, H, W) in order, and `content` is its first
+    frame (so an image method still has an image to work on); an image sample has `frames` None.
+    """
 
     sample_id: str
     content: torch.Tensor
@@ -34,6 +39,25 @@ class Sample:
     # Optional foreground masks, float32 (1, H, W) of 0s and 1s, keyed like `input_sha256`'s images
     # ("content", "reference" or "reference_0", ...); only the images the manifest gives masks for.
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    # The context video's frames (F, 3, H, W) for a video sample; its hash is input_sha256["frames"].
+    frames: torch.Tensor | None = None
+
+    @property
+    def is_video(self) -> bool:
+        return self.frames is not None
+
+    def frame_sample(self, index: int) -> Sample:
+        """Frame `index` of a video sample as an image sample (same references, prompt and id).
+
+        Its `input_sha256["content"]` is the hash of the frame's pixels (methods key their caches on it).
+        """
+        if self.frames is None:
+            raise ValueError(f"sample {self.sample_id} is not a video (it has no frames)")
+        frame = self.frames[index]
+        hashes = {k: v for k, v in self.input_sha256.items() if k != "frames"}
+        hashes["content"] = hashlib.sha256(frame.contiguous().numpy().tobytes()).hexdigest()
+        return replace(self, content=frame, frames=None, input_sha256=hashes,
+                       masks={k: v for k, v in self.masks.items() if k != "content"})
 
     @property
     def reference_keys(self) -> list[str]:
@@ -48,11 +72,17 @@ class Sample:
 
 @dataclass
 class MethodOutput:
-    """What a method returns for one sample."""
+    """What a method returns for one sample: an image, or a video (`frames`, with `image` its first frame)."""
 
     image: torch.Tensor
     # Optional per-step diagnostics, e.g. {"energy_style": [...], "grad_norm": [...]}; JSON-serialisable.
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    # Output video (F, 3, H, W) in [0, 1] for a video sample; None for an image output.
+    frames: torch.Tensor | None = None
+
+    @classmethod
+    def video(cls, frames: torch.Tensor, diagnostics: dict[str, Any] | None = None) -> MethodOutput:
+        return cls(image=frames[0], diagnostics=dict(diagnostics or {}), frames=frames)
 
 
 class SampleError(Exception):

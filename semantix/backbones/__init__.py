@@ -1,10 +1,12 @@
-"""Backbones: SD1.5 (`load_sd15`) and the offline random-weight `tiny` (`build_tiny`).
+"""Backbones: SD1.5 (`load_sd15`), AnimateDiff (`load_animatediff`) and the offline random-weight
+`tiny` / `tiny_video` (`build_tiny`, `build_tiny_video`).
 
 Importing this package is cheap; diffusers and transformers are imported when a backbone is built.
 """
 
+from semantix.backbones.animatediff import load_animatediff
 from semantix.backbones.base import Backbone
 from semantix.backbones.sd15 import load_sd15, save_as_diffusers_folder
-from semantix.backbones.tiny import build_tiny
+from semantix.backbones.tiny import build_tiny, build_tiny_video
 
-__all__ = ["Backbone", "build_tiny", "load_sd15", "save_as_diffusers_folder"]
+__all__ = ["Backbone", "build_tiny", "build_tiny_video", "load_animatediff", "load_sd15", "save_as_diffusers_folder"]

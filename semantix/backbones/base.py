@@ -41,6 +41,9 @@ _DTYPES = {
     "bf16": torch.bfloat16,
 }
 
+# Images per VAE call in encode_images / decode_latents (bounds memory for video frames).
+VAE_CHUNK = 8
+
 # How far outside [0, 1] an image may stray (resampling overshoot) before it is taken for a bug
 # such as passing [-1, 1] or 0..255 images.
 IMAGE_RANGE_TOLERANCE = 1e-2
@@ -112,6 +115,11 @@ class Backbone:
     device: torch.device
     dtype: torch.dtype  # dtype of the unet / vae / text encoder weights
     random_weights: bool
+    # True when the UNet is a video UNet (AnimateDiff's `UNetMotionModel`): its input is (B, C, F, h, w).
+    is_video: bool = False
+    # A video backbone's image backbone: the SD1.5-shaped model its UNet was built from (same VAE and
+    # text encoder), for image methods run frame by frame. None for image backbones.
+    image_backbone: Backbone | None = field(default=None, repr=False)
     # JSON-serialisable: backbone, pretrained (id or path), revision, weights, dtype, device, ...
     provenance: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -155,18 +163,28 @@ class Backbone:
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) images in [0, 1] -> scaled latents (posterior mean), float32 on `device`."""
+        """(B, 3, H, W) images in [0, 1] -> scaled latents (posterior mean), float32 on `device`.
+
+        Encoded VAE_CHUNK images at a time (the VAE works per image), so a 16-frame video at 512 px
+        does not hold all frames' activations at once.
+        """
         check_images(images)
-        pixels = images.to(device=self.device, dtype=self.dtype).clamp(0, 1) * 2 - 1
-        mean = self.vae.encode(pixels).latent_dist.mean
-        return ((mean - self._latent_shift) * self.vae.config.scaling_factor).float()
+        latents = []
+        for chunk in images.split(VAE_CHUNK):
+            pixels = chunk.to(device=self.device, dtype=self.dtype).clamp(0, 1) * 2 - 1
+            mean = self.vae.encode(pixels).latent_dist.mean
+            latents.append(((mean - self._latent_shift) * self.vae.config.scaling_factor).float())
+        return torch.cat(latents)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> (B, 3, H, W) float32 images in [0, 1], on the CPU."""
-        z = latents.to(device=self.device, dtype=self.dtype) / self.vae.config.scaling_factor
-        pixels = self.vae.decode(z + self._latent_shift).sample
-        return ((pixels.float() + 1) / 2).clamp(0, 1).cpu()
+        """Scaled latents (B, C, h, w) -> (B, 3, H, W) float32 images in [0, 1], on the CPU (VAE_CHUNK at a time)."""
+        images = []
+        for chunk in latents.split(VAE_CHUNK):
+            z = chunk.to(device=self.device, dtype=self.dtype) / self.vae.config.scaling_factor
+            pixels = self.vae.decode(z + self._latent_shift).sample
+            images.append(((pixels.float() + 1) / 2).clamp(0, 1).cpu())
+        return torch.cat(images)
 
     @property
     def _latent_shift(self) -> float:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,8 @@ _DOWNLOAD_PATTERNS += ["tokenizer/*", "scheduler/scheduler_config.json"]
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 
-def _missing_files(folder: Path) -> list[str]:
-    return [alts[0] for alts in EXPECTED_FILES if not any((folder / name).is_file() for name in alts)]
+def _missing_files(folder: Path, expected: tuple[tuple[str, ...], ...] = EXPECTED_FILES) -> list[str]:
+    return [alts[0] for alts in expected if not any((folder / name).is_file() for name in alts)]
 
 
 def _env_offline() -> bool:
@@ -77,19 +78,26 @@ def _first_line(err: Exception) -> str:
 
 
 def resolve_weights(
-    pretrained: str, revision: str | None = None, local_files_only: bool | None = None
+    pretrained: str,
+    revision: str | None = None,
+    local_files_only: bool | None = None,
+    expected: tuple[tuple[str, ...], ...] = EXPECTED_FILES,
+    patterns: list[str] = _DOWNLOAD_PATTERNS,
+    not_found: Callable[[str, list[str]], WeightsNotFoundError] = _not_found,
 ) -> tuple[Path, dict[str, Any]]:
     """The local diffusers folder for `pretrained` (a folder, or a hub id via the HF cache / hub).
 
+    `expected`: the files the folder must hold (alternatives per entry), `patterns`: what to fetch
+    from the hub, `not_found(pretrained, tried)`: the error to raise (SD1.5's by default).
     Returns the folder and provenance facts (source, commit). Raises WeightsNotFoundError.
     """
     path = Path(pretrained).expanduser()
     if path.is_dir() or not _HUB_ID.fullmatch(pretrained):
         if not path.is_dir():
-            raise _not_found(pretrained, [f"local folder {path}: does not exist"])
-        missing = _missing_files(path)
+            raise not_found(pretrained, [f"local folder {path}: does not exist"])
+        missing = _missing_files(path, expected)
         if missing:
-            raise _not_found(pretrained, [f"local folder {path}: missing {', '.join(missing)}"])
+            raise not_found(pretrained, [f"local folder {path}: missing {', '.join(missing)}"])
         if revision:
             log.warning("backbone.revision=%r is ignored for the local folder %s", revision, path)
         commit = path.name if path.parent.name == "snapshots" else None  # inside an HF cache
@@ -109,20 +117,20 @@ def resolve_weights(
                 snapshot_download(
                     pretrained,
                     revision=revision,
-                    allow_patterns=_DOWNLOAD_PATTERNS,
+                    allow_patterns=patterns,
                     local_files_only=local_only,
                 )
             )
         except Exception as err:  # offline, unknown repo, gated, no network: all mean "not here"
             tried.append(f"{where} ({pretrained}, revision {revision or 'main'}): {_first_line(err)}")
             continue
-        missing = _missing_files(folder)
+        missing = _missing_files(folder, expected)
         if not missing:
             return folder, {"source": "hub", "path": str(folder), "commit": folder.name}
         tried.append(f"{where} snapshot {folder}: missing {', '.join(missing)}")
     if attempts == [True]:
         tried.append("the Hub was not contacted (HF_HUB_OFFLINE is set or local_files_only=true)")
-    raise _not_found(pretrained, tried)
+    raise not_found(pretrained, tried)
 
 
 def _scheduler_config(folder: Path) -> tuple[dict[str, Any], str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from semantix.backbones.animatediff import video_backbone
 from semantix.backbones.base import (
     SD15_SCHEDULER_CONFIG,
     Backbone,
@@ -145,6 +146,12 @@ def load_clip_tokenizer(folder: Path | None = None):
     return tokenizer
 
 
+def tiny_architecture(layers_per_block: int, block_out_channels: tuple[int, ...],
+                      cross_attention_dim: int) -> RandomArchitecture:
+    return replace(TINY, layers_per_block=layers_per_block, cross_attention_dim=cross_attention_dim,
+                   unet_widths=tuple(int(c) for c in block_out_channels), norm_groups=math.gcd(8, *block_out_channels))
+
+
 def build_tiny(
     resolution: int = 64,
     seed: int = 0,
@@ -161,11 +168,31 @@ def build_tiny(
     UNet: SD1.5's block types (3 cross-attention down blocks + 1 plain, mirrored up), 2 heads, group
     norm over 8 groups. VAE: 2 blocks, so 64 px -> a 4x32x32 latent. Text encoder: 2-layer CLIP.
     """
-    arch = replace(TINY, layers_per_block=layers_per_block, cross_attention_dim=cross_attention_dim,
-                   unet_widths=tuple(int(c) for c in block_out_channels),
-                   norm_groups=math.gcd(8, *block_out_channels))
+    arch = tiny_architecture(layers_per_block, block_out_channels, cross_attention_dim)
     return apply_kernel_options(build_random(arch, "tiny", resolution, seed, device, dtype), channels_last,
                                 compile_unet)
+
+
+def build_tiny_video(
+    resolution: int = 64,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+    layers_per_block: int = 2,
+    block_out_channels: tuple[int, ...] = TINY.unet_widths,
+    cross_attention_dim: int = TINY.cross_attention_dim,
+    channels_last: bool = False,
+    compile_unet: bool = False,
+) -> Backbone:
+    """`tiny` with AnimateDiff motion modules: a `UNetMotionModel` with tiny widths and random weights.
+
+    The video counterpart of `build_tiny` (same UNet, VAE, text encoder and seed) for CPU tests of
+    the video paths; its outputs say nothing about quality.
+    """
+    arch = tiny_architecture(layers_per_block, block_out_channels, cross_attention_dim)
+    image_backbone = build_random(arch, "tiny", resolution, seed, device, dtype)
+    return apply_kernel_options(with_random_motion_modules(image_backbone, arch, "tiny_video", seed),
+                                channels_last, compile_unet)
 
 
 def build_sd15_random(resolution: int = 512, seed: int = 0, device: str = "auto", dtype: str = "auto",
@@ -176,6 +203,42 @@ def build_sd15_random(resolution: int = 512, seed: int = 0, device: str = "auto"
     """
     return apply_kernel_options(build_random(SD15, "sd15_random", resolution, seed, device, dtype), channels_last,
                                 compile_unet)
+
+
+def build_animatediff_random(resolution: int = 512, seed: int = 0, device: str = "auto", dtype: str = "auto",
+                             channels_last: bool = False, compile_unet: bool = False) -> Backbone:
+    """AnimateDiff's full architecture (SD1.5 + a v1-5-2-sized motion adapter) with random weights.
+
+    For timing and memory benchmarks of the video path on machines without the weights.
+    """
+    image_backbone = build_random(SD15, "sd15_random", resolution, seed, device, dtype)
+    return apply_kernel_options(with_random_motion_modules(image_backbone, SD15, "animatediff_random", seed),
+                                channels_last, compile_unet)
+
+
+def motion_adapter_config(arch: RandomArchitecture) -> dict:
+    """A `MotionAdapter` config matching `arch`'s UNet (AnimateDiff v1-5-2's layout, scaled widths)."""
+    return {
+        "block_out_channels": arch.unet_widths,
+        "motion_layers_per_block": arch.layers_per_block,
+        "motion_mid_block_layers_per_block": 1,
+        "motion_num_attention_heads": arch.unet_heads,
+        "motion_norm_num_groups": arch.norm_groups,
+        "motion_max_seq_length": 32,
+        "use_motion_mid_block": True,
+    }
+
+
+def with_random_motion_modules(image_backbone: Backbone, arch: RandomArchitecture, name: str, seed: int) -> Backbone:
+    """`image_backbone` plus a random `MotionAdapter` seeded by `seed`: a video backbone (`UNetMotionModel`)."""
+    from diffusers import MotionAdapter
+
+    adapter_config = motion_adapter_config(arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        adapter = MotionAdapter(**adapter_config)
+    return video_backbone(image_backbone, adapter, name, {"motion_adapter": _json_ready(adapter_config)},
+                          beta_schedule="linear")
 
 
 def build_random(arch: RandomArchitecture, name: str, resolution: int, seed: int, device: str, dtype: str) -> Backbone:
@@ -255,7 +318,11 @@ def build_random(arch: RandomArchitecture, name: str, resolution: int, seed: int
             "dtype": dtype_name(torch_dtype),
             "device": str(torch_device),
             "resolution": resolution,
-            "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(arch).items()},
+            "architecture": _json_ready(asdict(arch)),
             "tokenizer": "openai CLIP BPE, built from open_clip's bpe_simple_vocab_16e6.txt.gz",
         },
     )
+
+
+def _json_ready(config: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}

@@ -24,7 +24,7 @@ from .energy import (
     spatial_energy,
     style_energy,
 )
-from .eps import UNetEpsFn
+from .eps import UNetEpsFn, frames_first
 from .features import capture_block_outputs
 from .matching import (
     augment_with_pe,
@@ -49,6 +49,7 @@ __all__ = [
     "cosine_correspondence",
     "ddpm_step",
     "flatten_locations",
+    "frames_first",
     "gather_matched",
     "invert",
     "masked_adain",

@@ -1,9 +1,14 @@
-"""A noise predictor ``eps_fn(x_t, t) -> (eps, features)`` from a diffusers 2D UNet with CFG.
+"""A noise predictor ``eps_fn(x_t, t) -> (eps, features)`` from a diffusers UNet with CFG.
 
 This is the callable that :func:`semantix.diffusion.ddpm.invert` and
 :func:`~semantix.diffusion.ddpm.replay` take: UNet + prompt embeddings + classifier-free guidance
 (Ho and Salimans 2022), optionally capturing decoder-block outputs of the conditional pass (the
 features Semantix caches for the reference and context branches).
+
+Video: latents ``(B, F, C, h, w)`` go to a video UNet (AnimateDiff's ``UNetMotionModel``) as the
+``(B, C, F, h, w)`` it takes, with each prompt embedding repeated per frame (as diffusers'
+AnimateDiffPipeline does); block outputs, which that UNet computes per frame as ``(B*F, C, h, w)``,
+come back as ``(B, F, C, h, w)`` (`frames_first`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,15 @@ from torch import nn
 from .ddpm import cfg
 from .features import capture_block_outputs
 
-__all__ = ["UNetEpsFn"]
+__all__ = ["UNetEpsFn", "frames_first"]
+
+
+def frames_first(feature: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A block output of the UNet call on `x`, per sample: ``(B*F, C, h, w)`` -> ``(B, F, C, h, w)``
+    for video latents ``x`` ``(B, F, C, h, w)``; image features pass through."""
+    if x.ndim != 5:
+        return feature
+    return feature.reshape(x.shape[0], x.shape[1], *feature.shape[1:])
 
 
 def _expand(emb: torch.Tensor, batch: int) -> torch.Tensor:
@@ -35,7 +48,8 @@ class UNetEpsFn:
       ``guidance_scale != 1`` the prediction is ``cfg(eps_u, eps_c, guidance_scale)``, the two
       branches run as one batch of 2B (``batch_cfg=True``) or as two passes.
     - ``capture``: block paths (``("up_blocks.1", "up_blocks.2")``); features are those of the
-      conditional pass, a dict path -> ``(B, C, h, w)``; ``None`` when nothing is captured.
+      conditional pass, a dict path -> ``(B, C, h, w)`` (video: ``(B, F, C, h, w)``); ``None`` when
+      nothing is captured.
     - The UNet runs in its own dtype; ``eps`` comes back in ``x_t``'s dtype.
     """
 
@@ -64,8 +78,13 @@ class UNetEpsFn:
     def predict(self, x: torch.Tensor, t: int, emb: torch.Tensor) -> torch.Tensor:
         """One UNet noise prediction for the embedding `emb` (no CFG, no capture)."""
         dtype = next(self.unet.parameters()).dtype
-        out = self.unet(x.to(dtype), t, encoder_hidden_states=emb.to(dtype), **self.unet_kwargs)
-        return (out.sample if hasattr(out, "sample") else out[0]).to(x.dtype)
+        sample = x.to(dtype)
+        if x.ndim == 5:  # (B, F, C, h, w) -> the video UNet's (B, C, F, h, w), one embedding per frame
+            sample = sample.transpose(1, 2)
+            emb = emb.repeat_interleave(x.shape[1], dim=0)
+        out = self.unet(sample, t, encoder_hidden_states=emb.to(dtype), **self.unet_kwargs)
+        eps = out.sample if hasattr(out, "sample") else out[0]
+        return (eps.transpose(1, 2) if x.ndim == 5 else eps).to(x.dtype)
 
     def __call__(self, x_t: torch.Tensor, t: int) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         B = x_t.shape[0]
@@ -73,15 +92,16 @@ class UNetEpsFn:
         with capture_block_outputs(self.unet, self.capture) as captured:
             if not self.uses_cfg:
                 eps = self.predict(x_t, t, cond)
-                feats = dict(captured)
+                feats = {k: frames_first(v, x_t) for k, v in captured.items()}
             elif self.batch_cfg:
-                both = self.predict(torch.cat([x_t, x_t]), t, torch.cat([_expand(self.uncond_emb, B), cond]))
+                both_x = torch.cat([x_t, x_t])
+                both = self.predict(both_x, t, torch.cat([_expand(self.uncond_emb, B), cond]))
                 eps = cfg(both[:B], both[B:], self.guidance_scale)
                 # clone: a view would keep (and torch.save would write) the unconditional half too
-                feats = {k: v[B:].clone() for k, v in captured.items()}
+                feats = {k: frames_first(v, both_x)[B:].clone() for k, v in captured.items()}
             else:
                 eps_u = self.predict(x_t, t, _expand(self.uncond_emb, B))
                 eps_c = self.predict(x_t, t, cond)
-                feats = dict(captured)
+                feats = {k: frames_first(v, x_t) for k, v in captured.items()}
                 eps = cfg(eps_u, eps_c, self.guidance_scale)
         return eps, (feats if self.capture else None)

@@ -11,6 +11,14 @@ guidance 3.5 for inversion and sampling; guidance features from the 2nd and 3rd 
 gamma_ref = 3.0 (style feature guidance), gamma_c = 0.9 (spatial feature guidance), gamma_reg = 1.0
 (semantic distance regulariser), lambda_pe = 3.0 (positional encoding); each guidance term clamped
 to [-1, 1]; after 20 denoising steps, AdaIN of the output latents to the reference latents.
+
+Video (conf/method/semantix_video.yaml: the paper's video weights gamma_ref = 6.0, gamma_c = 3.0,
+gamma_reg = 5.0, lambda_pe = 3.0, on AnimateDiff): the same algorithm on a latent video
+``(F, C, h, w)``. All frames of the context are inverted together through the video UNet (one
+latent video), each reference image as a one-frame video; features are captured per frame, each
+output frame is matched to the reference features, the energies are averaged over frames, and AdaIN
+takes its statistics over frames and space. A clip longer than `window_size` frames runs in
+overlapping windows blended at every step (`semantix.diffusion.windows`).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from semantix.diffusion import (
     cfg,
     clamped_energy_gradient,
     flatten_locations,
+    frames_first,
     gather_matched,
     invert,
     match_features,
@@ -38,6 +47,7 @@ from semantix.diffusion import (
     style_energy,
 )
 from semantix.diffusion.cache import TensorCache, resolve_feature_dtype
+from semantix.diffusion.windows import frame_windows, in_windows
 from semantix.methods.base import Method
 from semantix.store import stable_hash
 from semantix.types import MethodOutput, Sample
@@ -70,6 +80,8 @@ class Semantix(Method):
         adain_start_step: int | None = 20,
         cache_inversions: bool = True,
         feature_dtype: str = "float16",
+        window_size: int = 16,
+        window_overlap: int = 4,
     ):
         if guidance_apply not in GUIDANCE_FORMS:
             raise ValueError(f"guidance_apply must be one of {GUIDANCE_FORMS}, got {guidance_apply!r}")
@@ -95,6 +107,9 @@ class Semantix(Method):
         self.adain_start_step = adain_start_step
         self.cache_inversions = cache_inversions
         self.feature_dtype = resolve_feature_dtype(feature_dtype)
+        frame_windows(window_size, window_size, window_overlap)  # validates the pair
+        self.window_size = window_size
+        self.window_overlap = window_overlap
 
     # -- set-up --------------------------------------------------------------------------------------
     def prepare(self, backbone, cache_dir: Path) -> None:
@@ -122,12 +137,15 @@ class Semantix(Method):
         """Semantix on several samples, their output branches denoised as one batch (same results)."""
         contexts, references, conds = [], [], []
         for sample, generator in zip(samples, generators, strict=True):
+            self._check_sample_kind(sample)
             seed = generator.initial_seed()
             context_prompt = sample.prompt or self.prompt
             conds.append(self.backbone.encode_prompt([context_prompt]))
-            # 1. Invert the context and every reference (edit-friendly DDPM inversion, CFG 3.5), capturing
-            #    their decoder features F^c_t, F^r_t on the way (they replay, never re-sample).
-            contexts.append(self._invert(sample.content, sample.input_sha256.get("content"), context_prompt, seed,
+            # 1. Invert the context (all frames of a video at once) and every reference (edit-friendly DDPM
+            #    inversion, CFG 3.5), capturing their decoder features F^c_t, F^r_t on the way (they replay,
+            #    never re-sample).
+            context, context_key = (sample.frames, "frames") if sample.is_video else (sample.content, "content")
+            contexts.append(self._invert(context, sample.input_sha256.get(context_key), context_prompt, seed,
                                          "context"))
             hashes = [sample.input_sha256.get(k) for k in sample.reference_keys]
             references.append([
@@ -137,35 +155,55 @@ class Semantix(Method):
 
         # 2. Guided sampling of the output branches; 3. decode.
         latents, diagnostics = self.sample(contexts, references, torch.cat(conds))
-        images = self.backbone.decode_latents(latents)
-        return [MethodOutput(image=image, diagnostics=d) for image, d in zip(images, diagnostics, strict=True)]
+        if latents.ndim == 4:
+            images = self.backbone.decode_latents(latents)
+            return [MethodOutput(image=image, diagnostics=d) for image, d in zip(images, diagnostics, strict=True)]
+        videos = self.backbone.decode_latents(latents.flatten(0, 1)).unflatten(0, latents.shape[:2])
+        return [MethodOutput.video(frames, d) for frames, d in zip(videos, diagnostics, strict=True)]
+
+    def _check_sample_kind(self, sample: Sample) -> None:
+        if sample.is_video and not self.backbone.is_video:
+            raise ValueError(
+                f"sample {sample.sample_id} is a video but backbone {self.backbone.name} is an image backbone; "
+                "use a video backbone (backbone=animatediff, or tiny_video offline), or run an image method "
+                "frame by frame (method=frame_by_frame)"
+            )
+        if self.backbone.is_video and not sample.is_video:
+            raise ValueError(
+                f"sample {sample.sample_id} is an image but backbone {self.backbone.name} is a video backbone; "
+                "use an image backbone (sd15, tiny) for image datasets"
+            )
 
     def sample(self, contexts: list[Inversion], references: list[list[Inversion]],
                cond: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
         """The guided reverse process (spec section 2) of B samples at once.
 
         ``contexts[b]`` and ``references[b]`` are sample b's inversions, ``cond`` its prompt embeddings
-        ``(B, L, D)``. Returns x_0 of the outputs ``(B, C, h, w)`` and per-sample per-step diagnostics.
+        ``(B, L, D)``. Returns x_0 of the outputs ``(B, C, h, w)`` (videos: ``(B, F, C, h, w)``) and
+        per-sample per-step diagnostics.
         The samples only share UNet calls: every energy is a per-sample mean and the guidance is the
         gradient of their sum, so sample b's guidance is its own (clamped element-wise).
         """
         # The outputs start at the contexts' inverted noise and use the contexts' noise maps.
         x = torch.cat([c.x_T for c in contexts])
+        # Videos: frame windows of the motion module's length; AdaIN statistics over frames and space.
+        windows = frame_windows(x.shape[1], self.window_size, self.window_overlap) if x.ndim == 5 else None
+        adain_dims = (1, -2, -1) if x.ndim == 5 else (-2, -1)
         trace: dict[str, list[torch.Tensor]] = {"energy_style": [], "energy_spatial": [], "energy_reg": [],
                                                  "grad_norm": []}
         for i, t in enumerate(self.stepper.timesteps):
             context_features = [c.features[i] for c in contexts]
             reference_features = [[r.features[i] for r in refs] for refs in references]
             # Steps 2.1-2.4: CFG prediction, energy gradient (per-term clamped), guided prediction.
-            eps, guidance, energies = self._guided_prediction(x, t, i, cond, context_features,
-                                                              reference_features)
+            eps, guidance, energies = self._windowed_guided_prediction(x, t, i, cond, context_features,
+                                                                       reference_features, windows)
             # Step 2.5: DDPM step with the contexts' noise maps.
             x = self.stepper.step(x, eps, i, torch.cat([c.zs[i] for c in contexts]))
             if self.guidance_apply == "latent":
                 x = x - guidance
             # Step 2.6: AdaIN of each output latent to its reference latents of the same timestep.
             if self.adain_start_step is not None and i >= self.adain_start_step:
-                x = torch.cat([adain(x[b:b + 1], _pooled(_latent_after_step(r, i) for r in refs))
+                x = torch.cat([adain(x[b:b + 1], _pooled(_latent_after_step(r, i) for r in refs), dims=adain_dims)
                                for b, refs in enumerate(references)])
             for name, value in energies.items():
                 trace[f"energy_{name}"].append(value)
@@ -196,19 +234,46 @@ class Semantix(Method):
             "feature_blocks": self.feature_blocks,
             "feature_dtype": str(self.feature_dtype),
         }
+        if self.backbone.is_video:
+            key["frames"] = image.shape[0] if image.ndim == 4 else 1
+            key["window"] = (self.window_size, self.window_overlap)
 
         def compute() -> dict:
-            latent = self.backbone.encode_images(image[None].to(self.backbone.device))
             noise = torch.Generator().manual_seed(int(key["noise_seed"], 16) & 0x7FFFFFFF)
-            eps_fn = self._eps_fn(self.backbone.encode_prompt([prompt]), capture=self.feature_blocks)
-
-            def eps_with_stored_features(x_t, t):
-                eps, feats = eps_fn(x_t, t)
-                return eps, {k: v.detach().to(self.feature_dtype) for k, v in feats.items()}
-
-            return invert(latent, eps_with_stored_features, self.scheduler, generator=noise).to("cpu").to_dict()
+            eps_fn = self._inversion_eps_fn(self.backbone.encode_prompt([prompt]))
+            return invert(self._encode(image), eps_fn, self.scheduler, generator=noise).to("cpu").to_dict()
 
         return Inversion.from_dict(self.cache.get_or_compute(key, compute)).to(self.backbone.device)
+
+    def _inversion_eps_fn(self, cond: torch.Tensor):
+        """``eps_fn(x_t, t) -> (eps, features)`` of the inversion: CFG prediction and the decoder features
+        in `feature_dtype`; a video latent runs in blended frame windows (features blended too)."""
+        eps_fn = self._eps_fn(cond, capture=self.feature_blocks)
+
+        def eps_with_stored_features(x_t, t):
+            eps, feats = eps_fn(x_t, t)
+            return eps, {k: v.detach().to(self.feature_dtype) for k, v in feats.items()}
+
+        def eps_in_windows(x_t, t):
+            windows = frame_windows(x_t.shape[1], self.window_size, self.window_overlap)
+            return in_windows(lambda x_window, _: eps_with_stored_features(x_window, t), x_t, windows)
+
+        return lambda x_t, t: (eps_in_windows if x_t.ndim == 5 else eps_with_stored_features)(x_t, t)
+
+    def _encode(self, image: torch.Tensor) -> torch.Tensor:
+        """The latent of an image ``(3, H, W)`` -> ``(1, C, h, w)``, or of a clip ``(F, 3, H, W)`` ->
+        ``(1, F, C, h, w)``; on a video backbone an image is a one-frame clip."""
+        if image.ndim == 3 and not self.backbone.is_video:
+            return self.backbone.encode_images(image[None].to(self.backbone.device))
+        frames = image if image.ndim == 4 else image[None]
+        return self.backbone.encode_images(frames.to(self.backbone.device))[None]
+
+    def _windowed_guided_prediction(self, x, t, i, cond, context_features, reference_features, windows):
+        """`_guided_prediction` on each frame window of a video, blended; an image's in one call."""
+        if windows is None:
+            return self._guided_prediction(x, t, i, cond, context_features, reference_features)
+        return in_windows(lambda x_window, window: self._guided_prediction(
+            x_window, t, i, cond, [_frames(f, window) for f in context_features], reference_features), x, windows)
 
     def _guided_prediction(self, x, t, i, cond, context_features, reference_features):
         """eps~ = CFG(eps_u, eps_c) + sqrt(1 - abar_t) g, g = sum_k clamp(d gamma_k E_k / dx) (spec step 2).
@@ -226,7 +291,7 @@ class Semantix(Method):
         with torch.no_grad():
             eps_uncond = eps_fn.predict(x, t, self.uncond_embedding.expand(x.shape[0], -1, -1))
         eps = cfg(eps_uncond, eps_cond.detach(), self.guidance_scale)
-        output_features = {k: v.float() for k, v in captured.items()}
+        output_features = {k: frames_first(v, x).float() for k, v in captured.items()}
         with torch.enable_grad():
             energies = self._energies(output_features, context_features, reference_features)
             # Sum over samples: each sample's gradient is that of its own energy.
@@ -243,13 +308,29 @@ class Semantix(Method):
         return {k: torch.stack([e[k] for e in per_sample]) for k in per_sample[0]}
 
     def _sample_energies(self, output_features, context_features, reference_features) -> dict[str, torch.Tensor]:
-        """One sample's energies: ``output_features[block]`` is ``(C, h, w)``, the others as stored."""
+        """One sample's energies: ``output_features[block]`` is ``(C, h, w)`` (video: ``(F, C, h, w)``,
+        each frame's energies computed on its own and averaged over frames), the others as stored."""
+        first = next(iter(output_features.values()))
+        if first.ndim == 3:
+            return self._frame_energies(output_features, {k: v[0] for k, v in context_features.items()},
+                                        [{k: v[0] for k, v in r.items()} for r in reference_features])
+        # A reference (image or clip) offers all its frames' features to every output frame.
+        references = _frame_dicts(reference_features)
+        per_frame = [
+            self._frame_energies({k: v[f] for k, v in output_features.items()},
+                                 {k: v[0, f] for k, v in context_features.items()}, references)
+            for f in range(first.shape[0])
+        ]
+        return {k: torch.stack([e[k] for e in per_frame]).mean() for k in per_frame[0]}
+
+    def _frame_energies(self, output_features, context_features, reference_features) -> dict[str, torch.Tensor]:
+        """The energies of one image (or one video frame): every feature ``(C, h, w)``."""
         total = {"style": 0.0, "spatial": 0.0, "reg": 0.0}
         for block, weight in zip(self.feature_blocks, self.block_weights, strict=True):
             f_out = output_features[block]
-            f_ctx = context_features[block][0].float()
+            f_ctx = context_features[block].float()
             if self.gammas["style"]:
-                f_refs = [r[block][0].float() for r in reference_features]
+                f_refs = [r[block].float() for r in reference_features]
                 query = f_out.detach() if self.match_on == "output" else f_ctx
                 indices, _ = match_features(query, f_refs, self.lambda_pe, self.pe_dim, self.match_chunk_size)
                 matched = gather_matched(torch.cat([flatten_locations(f) for f in f_refs]), indices,
@@ -265,6 +346,17 @@ class Semantix(Method):
 def _latent_after_step(inversion: Inversion, i: int) -> torch.Tensor:
     """x_{t-1} of the replayed trajectory: the next stored latent, or x_0 after the last step."""
     return inversion.xts[i + 1] if i + 1 < len(inversion) else inversion.x0
+
+
+def _frames(features: dict[str, torch.Tensor], window: range) -> dict[str, torch.Tensor]:
+    """Stored per-frame features ``(1, F, C, h, w)`` of the frames in `window`."""
+    return {k: v[:, window.start:window.stop] for k, v in features.items()}
+
+
+def _frame_dicts(reference_features: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """Stored video features ``(1, F, C, h, w)`` of each reference -> one ``(C, h, w)`` dict per frame."""
+    return [{k: v[0, f] for k, v in r.items()} for r in reference_features
+            for f in range(next(iter(r.values())).shape[1])]
 
 
 def _pooled(latents) -> torch.Tensor:
