@@ -75,3 +75,21 @@ def test_baselines_run_on_cuda_in_half_precision(tmp_path, name):
     method.prepare(build_tiny(device="cuda", dtype="float16"), tmp_path)
     out = method(sample, torch.Generator().manual_seed(0))
     assert out.image.shape == sample.content.shape and torch.isfinite(out.image).all()
+
+
+def test_video_semantix_16_frames_at_512_fits_in_40_gib(tmp_path):
+    """One 16-frame AnimateDiff window at 512 px in float16 (autocast's dtype), 3 steps: the per-step
+    peak is what 60 steps reach too, plus the stored features (benchmarks/video.py measures 60 steps)."""
+    from semantix.backbones.tiny import build_animatediff_random
+    from semantix.data.dataset import demo_video_dataset
+
+    backbone = build_animatediff_random(device="cuda")
+    sample = demo_video_dataset(512).load_sample("video_chelsea__sunset_strokes")
+    assert sample.frames.shape[0] == 16
+    method = Semantix(num_steps=3, adain_start_step=1, gamma_ref=6.0, gamma_c=3.0, gamma_reg=5.0,
+                      cache_inversions=False)
+    method.prepare(backbone, tmp_path)
+    torch.cuda.reset_peak_memory_stats()
+    output = method(sample, torch.Generator().manual_seed(0))
+    assert output.frames.shape == (16, 3, 512, 512) and torch.isfinite(output.frames).all()
+    assert torch.cuda.max_memory_allocated() / 2**30 < 40
