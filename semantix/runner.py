@@ -221,6 +221,14 @@ class Runner:
             self.backbone = instantiate(self.cfg.backbone)
         cache_dir = Path(self.cfg.paths.cache_dir)
         for run in self.runs:
+            if self.backbone is not None and self.backbone.is_video and run.method.uses_backbone \
+                    and not run.method.supports_video:
+                raise ValueError(
+                    f"method {run.label} is an image method and backbone {self.labels.backbone} is a video backbone; "
+                    f"run it on every frame (method=frames_{run.label} where conf/method has it, or a "
+                    "frame_by_frame config wrapping it), or use an image backbone"
+                )
+        for run in self.runs:
             run.method.prepare(self.backbone if run.method.uses_backbone else None, cache_dir)
             self._write_run_files(run)
 
@@ -339,6 +347,15 @@ class Runner:
 
     def _run_method(self, run: MethodRun, samples: list[tuple[Sample, float]], bar: tqdm) -> None:
         """Run the method on `samples` ((sample, load seconds) pairs), batched when it can be."""
+        if not run.method.supports_video:
+            for sample, _ in samples:
+                if sample.is_video:
+                    error = ValueError(f"{run.label} is an image method and {sample.sample_id} is a video; run it on "
+                                       f"every frame (method=frames_{run.label}, or a frame_by_frame config wrapping it)")
+                    self._write_failure(run, sample.sample_id, sample_seed(self.cfg.seed, sample.sample_id),
+                                        _error_entry("method", error), sample.input_sha256)
+                    bar.update(1)
+            samples = [(sample, load_s) for sample, load_s in samples if not sample.is_video]
         if len(samples) > 1 and run.method.supports_batch:
             seeds = [sample_seed(self.cfg.seed, sample.sample_id) for sample, _ in samples]
             generators = [_seed_everything(seed) for seed in seeds]
@@ -461,6 +478,16 @@ class Runner:
     def _score_sets(self, run: MethodRun) -> None:
         """Set-level metrics over every finished sample of the run, skipped when nothing changed."""
         ok = sorted((r for r in run.store.records() if r["status"] == "ok"), key=lambda r: r["sample_id"])
+        if any("frames" in r for r in ok):
+            message = ("set-level metrics are defined on image outputs; this run holds videos (they would see "
+                       "first frames only): use a video preset (metrics=video)")
+            run.errors.append(message)
+            log.warning("%s: %s", run.label, message)
+            summary = run.store.read_json("summary.json")
+            summary["set_metrics"] = {name: {"error": message, "config_hash": self.metric_hashes[name]}
+                                      for name in self.set_metrics}
+            run.store.write_json("summary.json", summary)
+            return
         records_hash = stable_hash([(r["sample_id"], r["image_sha256"]) for r in ok])
         summary = run.store.read_json("summary.json")
         stored = summary.get("set_metrics", {})

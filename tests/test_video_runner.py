@@ -3,6 +3,7 @@ frames, temporal metrics, resume, and clear per-sample failures for bad clips an
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -73,18 +74,54 @@ def test_temporal_metrics_score_the_whole_video(clips, tmp_path):
     overrides = [*manifest_overrides(clips), "method=frames_identity", "backbone=tiny_video", "metrics=demo_video",
                  "dataset.limit=1"]
     run_job(overrides, tmp_path / "results")
-    records, _ = _records(tmp_path / "results", "frames_identity")
+    records, run_dir = _records(tmp_path / "results", "frames_identity")
     metrics = records["good"]["metrics"]
     assert set(metrics) == {"ssim_grey", "colour_histogram", "clip_frame_consistency", "warping_error"}
     assert metrics["ssim_grey"] == pytest.approx(1.0)
-    assert 0.0 <= metrics["warping_error"] and metrics["clip_frame_consistency"] <= 100.0 + 1e-4
+    # The runner hands temporal metrics the whole stored clip and the source clip.
+    from semantix.data.manifest import Manifest
+    from semantix.metrics.temporal import WarpingError
+
+    sample = Manifest.load(clips).load_sample("good", 64)
+    stored = RunStore(run_dir).load_frames(records["good"])
+    direct = WarpingError(weights="random", num_flow_updates=4)(stored, sample)
+    assert metrics["warping_error"] == pytest.approx(float(direct), abs=1e-6)
 
 
-def test_an_image_output_for_a_video_sample_is_a_clear_failure(clips, tmp_path):
+def test_an_image_method_on_a_video_sample_is_a_clear_failure(clips, tmp_path):
     run_job([*manifest_overrides(clips), "method=identity", *FAST_METRICS, "dataset.limit=1"], tmp_path / "results")
     records, _ = _records(tmp_path / "results", "identity")
-    assert "method returned an image for a video sample" in records["good"]["error"]["message"]
-    assert "frames_" in records["good"]["error"]["message"]
+    assert "identity is an image method and good is a video" in records["good"]["error"]["message"]
+    assert "method=frames_identity" in records["good"]["error"]["message"]
+
+
+def test_an_image_method_on_a_video_backbone_stops_the_job(clips, tmp_path):
+    with pytest.raises(ValueError, match="styleid is an image method and backbone tiny_video is a video backbone"):
+        run_job([*manifest_overrides(clips), "method=styleid", "backbone=tiny_video", *FAST_METRICS],
+                tmp_path / "results")
+
+
+def test_rescoring_a_video_gives_the_fresh_values(clips, tmp_path):
+    """A metric added later scores the stored frames exactly as a fresh run would."""
+    base = [*manifest_overrides(clips), "method=frames_reinhard", "backbone=tiny_video", "dataset.limit=1"]
+    run_job([*base, "metrics=demo"], tmp_path / "first")
+    run_job([*base, "metrics=demo_video"], tmp_path / "first")  # re-scores: adds the temporal metrics
+    run_job([*base, "metrics=demo_video"], tmp_path / "fresh")
+    rescored, _ = _records(tmp_path / "first", "frames_reinhard")
+    fresh, _ = _records(tmp_path / "fresh", "frames_reinhard")
+    assert rescored["good"]["metrics"] == pytest.approx(fresh["good"]["metrics"], abs=1e-6)
+    assert set(rescored["good"]["metrics"]) >= {"warping_error", "clip_frame_consistency"}
+
+
+def test_set_level_metrics_refuse_video_runs(clips, tmp_path):
+    overrides = [*manifest_overrides(clips), "method=frames_identity", "backbone=tiny_video", "metrics=demo",
+                 "+metrics.fid={_target_: semantix.registry.build_metric, name: fid, weights: random}",
+                 "dataset.limit=1"]
+    result = run_job(overrides, tmp_path / "results")
+    _, run_dir = _records(tmp_path / "results", "frames_identity")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "this run holds videos" in summary["set_metrics"]["fid"]["error"]
+    assert any("set-level metrics" in e for e in result.runs[0].errors)
 
 
 def test_video_semantix_runs_in_the_harness(clips, tmp_path):

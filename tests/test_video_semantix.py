@@ -198,8 +198,9 @@ def test_guided_video_moves_every_frame_and_reports_per_step_energies(make, clip
         assert len(diagnostics[name]) == STEPS and all(torch.isfinite(torch.tensor(diagnostics[name])))
 
 
-def test_video_energies_average_the_per_frame_energies(make, clip):
-    """A video's energies are the mean of each frame's energies, each frame matched on its own."""
+def test_video_energies_sum_the_per_frame_energies(make, clip):
+    """A video's energy is the sum of its frames' energies (each frame guided as an image), each frame
+    matched on its own."""
     method = make()
     _, context, reference = branches(method, clip)
     output = {k: v[0].float() + 0.1 for k, v in context.features[2].items()}  # (F, C, h, w) per block
@@ -209,7 +210,24 @@ def test_video_energies_average_the_per_frame_energies(make, clip):
                                      {k: v[0, f] for k, v in context.features[2].items()}, [ref_frame])
               for f in range(FRAMES)]
     for name, value in video.items():
-        assert torch.allclose(value, torch.stack([e[name] for e in frames]).mean(), atol=1e-6)
+        assert torch.allclose(value, torch.stack([e[name] for e in frames]).sum(), atol=1e-5)
+
+
+def test_diagnostics_report_the_per_frame_mean_energy(make, clip):
+    method = make(window_size=8)  # one window: the features below come from the same UNet call
+    cond, context, reference = branches(method, clip)
+    x = context.xts[0]
+    _, _, energies = method._guided_prediction(x, int(method.stepper.timesteps[0]), 0, cond, [context.features[0]],
+                                               [[reference.features[0]]])
+    output = {k: v.float() for k, v in method._inversion_eps_fn(cond)(x, int(method.stepper.timesteps[0]))[1].items()}
+    summed = method._energies(output, [context.features[0]], [[reference.features[0]]])
+    for name, value in energies.items():
+        assert torch.allclose(value, summed[name] / FRAMES, atol=1e-3)  # float16 features in the sum
+
+
+def test_window_longer_than_the_motion_modules_is_a_clear_error(video_backbone, tmp_path):
+    with pytest.raises(ValueError, match="motion_max_seq_length"):
+        Semantix(window_size=40, window_overlap=4).prepare(video_backbone, tmp_path)
 
 
 def test_video_adain_uses_frame_and_space_statistics(make, clip):
@@ -243,6 +261,29 @@ def test_frame_by_frame_runs_the_image_method_on_each_frame_with_the_same_seed(v
     alone = inner(clip.frame_sample(3), torch.Generator().manual_seed(7))
     assert torch.equal(output.frames[3], alone.image)
     assert len(output.diagnostics["grad_norm"]) == FRAMES
+
+
+def test_frame_by_frame_batches_frames_with_the_same_results(video_backbone, clip, tmp_path):
+    outputs = {}
+    for per_call in (1, 4):
+        baseline = FrameByFrame(Semantix(num_steps=3, adain_start_step=1), frames_per_call=per_call)
+        baseline.prepare(video_backbone, tmp_path / f"cache{per_call}")
+        outputs[per_call] = baseline(clip, torch.Generator().manual_seed(7)).frames
+    assert (outputs[1] - outputs[4]).abs().max() < 2e-3
+
+
+def test_frame_by_frame_configs_build_their_wrapped_methods():
+    from conftest import compose
+    from hydra.utils import instantiate
+
+    names = ["frames_identity", "frames_reinhard", "frames_semantix", "frames_semantix_20steps", "frames_styleid",
+             "frames_stylegallery"]
+    cfg = compose([f"method=[{','.join(names)}]", "backbone=tiny_video", "dataset=demo_video"])
+    for name in names:
+        built = instantiate(cfg.method[name])
+        assert isinstance(built, FrameByFrame) and built.supports_video and built.frames_per_call == 1
+    assert cfg.method.frames_semantix.method.gamma_ref == 3.0  # the image settings, not the video ones
+    assert cfg.method.frames_semantix.method.cache_inversions is False
 
 
 def test_frame_by_frame_identity_returns_the_source_video(clip, tmp_path):

@@ -26,7 +26,7 @@ import logging
 import torch
 
 from semantix.backbones.base import Backbone, apply_kernel_options, finalize_modules
-from semantix.backbones.sd15 import DEFAULT_PRETRAINED, load_sd15, resolve_weights
+from semantix.backbones.sd15 import DEFAULT_PRETRAINED, HUB_ID, load_sd15, resolve_weights
 from semantix.types import WeightsNotFoundError
 
 log = logging.getLogger(__name__)
@@ -41,12 +41,13 @@ ADAPTER_FILES: tuple[tuple[str, ...], ...] = (
 def _adapter_not_found(motion_adapter: str, tried: list[str]) -> WeightsNotFoundError:
     attempts = "\n".join(f"  - {line}" for line in tried)
     expected = "\n".join(f"    {' or '.join(alts)}" for alts in ADAPTER_FILES)
+    hub_id = motion_adapter if HUB_ID.fullmatch(motion_adapter) else DEFAULT_MOTION_ADAPTER
     return WeightsNotFoundError(
         f"AnimateDiff motion adapter not found for backbone.motion_adapter={motion_adapter!r}.\n"
         f"Tried:\n{attempts}\n"
         f"Expected a diffusers MotionAdapter folder (or Hugging Face repository) containing:\n{expected}\n"
         "Fix: on a machine with network, download it\n"
-        f"    huggingface-cli download {DEFAULT_MOTION_ADAPTER} --local-dir /path/to/motion_adapter\n"
+        f"    huggingface-cli download {hub_id} --local-dir /path/to/motion_adapter\n"
         "copy the folder here if needed, and set backbone.motion_adapter=/path/to/motion_adapter; or fill "
         "the Hugging Face cache and unset HF_HUB_OFFLINE. (backbone=tiny_video runs offline with random weights.)"
     )

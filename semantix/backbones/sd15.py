@@ -46,7 +46,7 @@ _DOWNLOAD_PATTERNS = [
     alternatives[0] for alternatives in EXPECTED_FILES if "tokenizer/" not in alternatives[0]
 ]
 _DOWNLOAD_PATTERNS += ["tokenizer/*", "scheduler/scheduler_config.json"]
-_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 
 def _missing_files(folder: Path, expected: tuple[tuple[str, ...], ...] = EXPECTED_FILES) -> list[str]:
@@ -92,7 +92,7 @@ def resolve_weights(
     Returns the folder and provenance facts (source, commit). Raises WeightsNotFoundError.
     """
     path = Path(pretrained).expanduser()
-    if path.is_dir() or not _HUB_ID.fullmatch(pretrained):
+    if path.is_dir() or not HUB_ID.fullmatch(pretrained):
         if not path.is_dir():
             raise not_found(pretrained, [f"local folder {path}: does not exist"])
         missing = _missing_files(path, expected)

@@ -257,8 +257,12 @@ class Inversion:
     def x_T(self) -> Tensor:  # noqa: N802 (paper notation)
         return self.xts[0]
 
-    def to(self, device=None, dtype=None) -> Inversion:
-        """Copy on another device / floating dtype (timesteps stay int64)."""
+    def to(self, device=None, dtype=None, move_features: bool = True) -> Inversion:
+        """Copy on another device / floating dtype (timesteps stay int64).
+
+        ``move_features=False`` leaves the features where they are (a sampler that copies one step's
+        features at a time keeps all T steps off the GPU).
+        """
 
         def mv(v):
             if isinstance(v, Tensor):
@@ -274,7 +278,7 @@ class Inversion:
             xts=mv(self.xts),
             zs=mv(self.zs),
             x0=mv(self.x0),
-            features=mv(self.features),
+            features=mv(self.features) if move_features else self.features,
             final_alpha_cumprod=self.final_alpha_cumprod,
         )
 

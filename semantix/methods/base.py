@@ -26,6 +26,10 @@ class Method(ABC):
     #: Whether `call_batch` really batches (several samples per UNet call). With `runner.batch_size`
     #: > 1 the runner hands such a method groups of samples; others always get one at a time.
     supports_batch: ClassVar[bool] = False
+    #: Whether the method takes video samples (`Sample.frames`) and returns videos. The runner fails a
+    #: video sample for any other method (run it frame by frame: conf/method/frames_*.yaml) and refuses
+    #: an image method that needs the backbone when the backbone is a video one.
+    supports_video: ClassVar[bool] = False
 
     def prepare(self, backbone: Backbone | None, cache_dir: Path) -> None:  # noqa: B027 - optional hook
         """Called once per job before the first sample. `cache_dir` is for expensive intermediates."""

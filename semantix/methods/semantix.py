@@ -16,7 +16,8 @@ Video (conf/method/semantix_video.yaml: the paper's video weights gamma_ref = 6.
 gamma_reg = 5.0, lambda_pe = 3.0, on AnimateDiff): the same algorithm on a latent video
 ``(F, C, h, w)``. All frames of the context are inverted together through the video UNet (one
 latent video), each reference image as a one-frame video; features are captured per frame, each
-output frame is matched to the reference features, the energies are averaged over frames, and AdaIN
+output frame is matched to the reference features, the energies are summed over frames (each frame
+is guided as an image would be; diagnostics report the per-frame mean), and AdaIN
 takes its statistics over frames and space. A clip longer than `window_size` frames runs in
 overlapping windows blended at every step (`semantix.diffusion.windows`).
 """
@@ -121,6 +122,10 @@ class Semantix(Method):
             except AttributeError:
                 known = [f"up_blocks.{i}" for i in range(len(self.unet.up_blocks))]
                 raise ValueError(f"feature block {path!r} not in the UNet; decoder blocks: {known}") from None
+        max_frames = getattr(self.unet.config, "motion_max_seq_length", None) if backbone.is_video else None
+        if max_frames is not None and self.window_size > max_frames:
+            raise ValueError(f"window_size {self.window_size} exceeds the motion modules' {max_frames} frames "
+                             f"(motion_max_seq_length of backbone {backbone.name}); use at most {max_frames}")
         self.scheduler = backbone.make_scheduler("ddpm")
         self.scheduler.set_timesteps(self.num_steps)
         self.stepper = DDPMStepper(self.scheduler)
@@ -129,6 +134,7 @@ class Semantix(Method):
 
     # -- the algorithm -------------------------------------------------------------------------------
     supports_batch = True
+    supports_video = True
 
     def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
         return self.call_batch([sample], [generator])[0]
@@ -165,8 +171,8 @@ class Semantix(Method):
         if sample.is_video and not self.backbone.is_video:
             raise ValueError(
                 f"sample {sample.sample_id} is a video but backbone {self.backbone.name} is an image backbone; "
-                "use a video backbone (backbone=animatediff, or tiny_video offline), or run an image method "
-                "frame by frame (method=frame_by_frame)"
+                "use a video backbone (backbone=animatediff, or tiny_video offline), or run image Semantix "
+                "frame by frame (method=frames_semantix)"
             )
         if self.backbone.is_video and not sample.is_video:
             raise ValueError(
@@ -192,8 +198,8 @@ class Semantix(Method):
         trace: dict[str, list[torch.Tensor]] = {"energy_style": [], "energy_spatial": [], "energy_reg": [],
                                                  "grad_norm": []}
         for i, t in enumerate(self.stepper.timesteps):
-            context_features = [c.features[i] for c in contexts]
-            reference_features = [[r.features[i] for r in refs] for refs in references]
+            context_features = [_on(c.features[i], x.device) for c in contexts]
+            reference_features = [[_on(r.features[i], x.device) for r in refs] for refs in references]
             # Steps 2.1-2.4: CFG prediction, energy gradient (per-term clamped), guided prediction.
             eps, guidance, energies = self._windowed_guided_prediction(x, t, i, cond, context_features,
                                                                        reference_features, windows)
@@ -241,9 +247,15 @@ class Semantix(Method):
         def compute() -> dict:
             noise = torch.Generator().manual_seed(int(key["noise_seed"], 16) & 0x7FFFFFFF)
             eps_fn = self._inversion_eps_fn(self.backbone.encode_prompt([prompt]))
-            return invert(self._encode(image), eps_fn, self.scheduler, generator=noise).to("cpu").to_dict()
+            return invert(self._encode(image), eps_fn, self.scheduler, generator=noise,
+                          features_device="cpu").to("cpu").to_dict()
 
-        return Inversion.from_dict(self.cache.get_or_compute(key, compute)).to(self.backbone.device)
+        # The features of all T steps stay in host memory (16 frames at 512 px: ~7.5 GB in float16);
+        # `sample` copies one step's to the device at a time.
+        inversion = Inversion.from_dict(self.cache.get_or_compute(key, compute))
+        if self.backbone.device.type == "cuda":
+            inversion.features = [{k: v.pin_memory() for k, v in step.items()} for step in inversion.features]
+        return inversion.to(self.backbone.device, move_features=False)
 
     def _inversion_eps_fn(self, cond: torch.Tensor):
         """``eps_fn(x_t, t) -> (eps, features)`` of the inversion: CFG prediction and the decoder features
@@ -278,7 +290,8 @@ class Semantix(Method):
     def _guided_prediction(self, x, t, i, cond, context_features, reference_features):
         """eps~ = CFG(eps_u, eps_c) + sqrt(1 - abar_t) g, g = sum_k clamp(d gamma_k E_k / dx) (spec step 2).
 
-        Returns the guided eps, the guidance g and each term's per-sample energies ``(B,)``.
+        Returns the guided eps, the guidance g and each term's per-sample energies ``(B,)`` (videos: the
+        mean over frames; the gradient is that of their sum).
         """
         eps_fn = self._eps_fn(cond)
         if not any(self.gammas.values()):
@@ -299,7 +312,8 @@ class Semantix(Method):
             guidance, _ = clamped_energy_gradient(weighted, x_in, self.grad_clamp)
         if self.guidance_apply == "eps":
             eps = eps + self.stepper.sqrt_one_minus_alpha_bar(i) * guidance
-        return eps, guidance, {k: e.detach() for k, e in energies.items()}
+        frames = x.shape[1] if x.ndim == 5 else 1
+        return eps, guidance, {k: e.detach() / frames for k, e in energies.items()}
 
     def _energies(self, output_features, context_features, reference_features) -> dict[str, torch.Tensor]:
         """The three energy terms of spec section 3 per sample ``(B,)``, averaged over blocks with `block_weights`."""
@@ -309,7 +323,7 @@ class Semantix(Method):
 
     def _sample_energies(self, output_features, context_features, reference_features) -> dict[str, torch.Tensor]:
         """One sample's energies: ``output_features[block]`` is ``(C, h, w)`` (video: ``(F, C, h, w)``,
-        each frame's energies computed on its own and averaged over frames), the others as stored."""
+        each frame's energies computed on its own and summed over frames), the others as stored."""
         first = next(iter(output_features.values()))
         if first.ndim == 3:
             return self._frame_energies(output_features, {k: v[0] for k, v in context_features.items()},
@@ -321,7 +335,9 @@ class Semantix(Method):
                                  {k: v[0, f] for k, v in context_features.items()}, references)
             for f in range(first.shape[0])
         ]
-        return {k: torch.stack([e[k] for e in per_frame]).mean() for k in per_frame[0]}
+        # Summed over frames, as over samples: each frame's guidance is that of its own energy, whatever
+        # the clip or window length (the sampler reports the per-frame mean).
+        return {k: torch.stack([e[k] for e in per_frame]).sum() for k in per_frame[0]}
 
     def _frame_energies(self, output_features, context_features, reference_features) -> dict[str, torch.Tensor]:
         """The energies of one image (or one video frame): every feature ``(C, h, w)``."""
@@ -346,6 +362,11 @@ class Semantix(Method):
 def _latent_after_step(inversion: Inversion, i: int) -> torch.Tensor:
     """x_{t-1} of the replayed trajectory: the next stored latent, or x_0 after the last step."""
     return inversion.xts[i + 1] if i + 1 < len(inversion) else inversion.x0
+
+
+def _on(features: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """One step's stored features on the sampling device (a no-op on the CPU)."""
+    return {k: v.to(device, non_blocking=True) for k, v in features.items()}
 
 
 def _frames(features: dict[str, torch.Tensor], window: range) -> dict[str, torch.Tensor]:

@@ -24,7 +24,8 @@ p is occluded where |w + w^|^2 > 0.01 (|w|^2 + |w^|^2) + 0.5, on a motion bounda
 |grad u|^2 + |grad v|^2 > 0.01 |w|^2 + 0.002 (forward differences, zero on the last row and column).
 Ruder et al. write both for the flow that warps into the frame the mask belongs to; here that frame is
 t and that flow is the forward one, so the boundary test is on w = (u, v). Pixels whose target p + w
-falls outside the frame are invalid too.
+falls outside the frame are invalid too [ours: Lai et al.'s code keeps them, comparing against the
+warp's border padding; so values are close to, not identical with, their published E_warp].
 
 Flow: torchvision's RAFT large (Teed and Deng, "RAFT: Recurrent All-Pairs Field Transforms for Optical
 Flow", ECCV 2020), weights `Raft_Large_Weights.C_T_SKHT_V2`, `num_flow_updates` refinement steps
