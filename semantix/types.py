@@ -41,22 +41,26 @@ class Sample:
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     # The context video's frames (F, 3, H, W) for a video sample; its hash is input_sha256["frames"].
     frames: torch.Tensor | None = None
+    # A reference VIDEO (F_r, 3, H, W) of a video sample with one reference (`references[0]` is its first
+    # frame); its hash is input_sha256["reference_frames"].
+    reference_frames: torch.Tensor | None = None
 
     @property
     def is_video(self) -> bool:
         return self.frames is not None
 
     def frame_sample(self, index: int) -> Sample:
-        """Frame `index` of a video sample as an image sample (same references, prompt and id).
+        """Frame `index` of a video sample as an image sample (same reference images, prompt and id; a
+        reference video is represented by its first frame, `references[0]`).
 
         Its `input_sha256["content"]` is the hash of the frame's pixels (methods key their caches on it).
         """
         if self.frames is None:
             raise ValueError(f"sample {self.sample_id} is not a video (it has no frames)")
         frame = self.frames[index]
-        hashes = {k: v for k, v in self.input_sha256.items() if k != "frames"}
+        hashes = {k: v for k, v in self.input_sha256.items() if k not in ("frames", "reference_frames")}
         hashes["content"] = hashlib.sha256(frame.contiguous().numpy().tobytes()).hexdigest()
-        return replace(self, content=frame, frames=None, input_sha256=hashes,
+        return replace(self, content=frame, frames=None, reference_frames=None, input_sha256=hashes,
                        masks={k: v for k, v in self.masks.items() if k != "content"})
 
     @property

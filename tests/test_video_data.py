@@ -119,6 +119,30 @@ def test_frames_of_different_sizes_name_the_frame(clip):
     _expect_error(clip, _video_row(clip, frames_sha256=None), "frame 3 is 96x72, frame 0 is 96x80")
 
 
+def test_reference_video_loads_with_its_own_clip_hash(clip):
+    reference_frames = ";".join(f"clip/{index:03d}.png" for index in (3, 2))
+    sample = _load(clip, _video_row(clip, reference_frames=reference_frames))
+    assert sample.reference_frames.shape == (2, 3, 32, 32)
+    assert torch.equal(sample.reference_frames[0], sample.frames[3])
+    assert sample.input_sha256["reference_frames"] == clip_sha256(
+        sha256_file(clip / "clip" / f"{index:03d}.png") for index in (3, 2))
+    assert sample.frame_sample(0).reference_frames is None
+
+
+def test_reference_video_needs_a_video_sample_with_one_reference(clip):
+    image_row = {"sample_id": "still", "content": "clip/000.png", "reference": "style.png",
+                 "reference_frames": "clip/001.png"}
+    _expect_error(clip, image_row, "reference_frames (a reference video) needs a video sample")
+    two = _video_row(clip, reference="style.png;style.png", reference_frames="clip/001.png")
+    _expect_error(clip, two, "exactly one reference")
+
+
+def test_reference_frames_of_different_sizes_name_the_reference_frame(clip):
+    write_png(clip / "odd.png", size=(64, 64), seed=9)
+    _expect_error(clip, _video_row(clip, reference_frames="clip/000.png;odd.png"),
+                  "reference frame 1 is 64x64, reference frame 0 is 96x80")
+
+
 def test_too_few_frames_names_min_frames(clip):
     _expect_error(clip, _video_row(clip, count=1),
                   "video has 1 frame(s); at least 2 needed (dataset.min_frames)")

@@ -240,6 +240,23 @@ def test_video_adain_uses_frame_and_space_statistics(make, clip):
                           atol=1e-3)
 
 
+def test_a_reference_video_is_inverted_as_a_clip_and_every_frame_is_matched(make, clip):
+    import dataclasses
+
+    reference_video = torch.stack([clip.reference, clip.reference.flip(-1), clip.reference.flip(-2)])
+    sample = dataclasses.replace(clip, reference_frames=reference_video,
+                                 input_sha256={**clip.input_sha256, "reference_frames": "rv"})
+    method = make(adain_start_step=2)
+    inverted = []
+    original = method._invert
+    method._invert = lambda image, *args: inverted.append(image.shape) or original(image, *args)
+    with_video = method(sample, torch.Generator().manual_seed(1))
+    assert (3, 3, 64, 64) in inverted and (3, 64, 64) not in inverted
+    with_image = method(clip, torch.Generator().manual_seed(1))
+    assert with_video.frames.shape == clip.frames.shape
+    assert (with_video.frames - with_image.frames).abs().max() > 1e-3  # the other reference frames count
+
+
 def test_wrong_kind_of_sample_or_backbone_is_a_clear_error(make, clip, backbone, tmp_path):
     method = make()
     with pytest.raises(ValueError, match="is an image but backbone tiny_video is a video backbone"):

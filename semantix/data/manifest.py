@@ -20,6 +20,9 @@ reference_mask     no        foreground mask of each reference, ``;``-separated,
 frames             no        a video sample's frames in order, ``;``-separated; ``content``
                              is then its first frame
 frames_sha256      no        sha256 of each frame file, ``;``-separated, same order
+reference_frames   no        a reference VIDEO's frames in order (video samples with one
+                             reference only); ``reference`` is then its first frame
+reference_frames_sha256  no  sha256 of each reference frame file, same order
 =================  ========  ==============================================================
 
 A row with ``frames`` is a video sample (`Sample.frames`, see `Manifest.load_sample`); a row
@@ -58,7 +61,7 @@ __all__ = [
 ]
 
 REQUIRED_COLUMNS = ("sample_id", "content", "reference")
-VIDEO_COLUMNS = ("frames", "frames_sha256")
+VIDEO_COLUMNS = ("frames", "frames_sha256", "reference_frames", "reference_frames_sha256")
 OPTIONAL_COLUMNS = ("prompt", "domain", "split", "content_sha256", "reference_sha256") + VIDEO_COLUMNS
 REFERENCE_SEPARATOR = ";"
 _FORMATS = {".csv": "CSV", ".parquet": "Parquet"}
@@ -201,9 +204,17 @@ class Manifest:
             image, input_sha256[key] = self._load_file(sample_id, key, relative, expected, resolution)
             references.append(image)
         masks = self._load_masks(sample_id, row, keys, resolution, input_sha256)
-        frames = None
+        frames = reference_frames = None
         if row.get("frames") is not None:
             frames, input_sha256["frames"] = self._load_frames(sample_id, row, resolution, min_frames)
+        if row.get("reference_frames") is not None:
+            if frames is None or len(references) != 1:
+                raise SampleError(
+                    f"sample {sample_id}: reference_frames (a reference video) needs a video sample (a frames "
+                    "column) with exactly one reference."
+                )
+            reference_frames, input_sha256["reference_frames"] = self._load_frames(
+                sample_id, row, resolution, 1, column="reference_frames")
         meta: dict[str, Any] = {
             column: value for column, value in row.items() if column not in _SAMPLE_FIELDS
         }
@@ -217,32 +228,35 @@ class Manifest:
             meta=meta,
             masks=masks,
             frames=frames,
+            reference_frames=reference_frames,
         )
 
     def _load_frames(
-        self, sample_id: str, row: Mapping[str, Any], resolution: int, min_frames: int
+        self, sample_id: str, row: Mapping[str, Any], resolution: int, min_frames: int, column: str = "frames"
     ) -> tuple[torch.Tensor, str]:
-        """A video row's frames as (F, 3, R, R), and `clip_sha256` of their files."""
-        paths = _split(row["frames"])
+        """The frames of the row's `column` ("frames" or "reference_frames") as (F, 3, R, R), and
+        `clip_sha256` of their files."""
+        paths = _split(row[column])
+        video, frame = ("video", "frame") if column == "frames" else ("reference video", "reference frame")
         if any(part == "" for part in paths):
             raise SampleError(
-                f"sample {sample_id}: the frames cell has an empty path between {REFERENCE_SEPARATOR!r} "
+                f"sample {sample_id}: the {column} cell has an empty path between {REFERENCE_SEPARATOR!r} "
                 "separators."
             )
         if len(paths) < min_frames:
             raise SampleError(
-                f"sample {sample_id}: video has {len(paths)} frame(s); at least {min_frames} needed "
+                f"sample {sample_id}: {video} has {len(paths)} frame(s); at least {min_frames} needed "
                 "(dataset.min_frames)."
             )
-        hashes = _split(row.get("frames_sha256"))
+        hashes = _split(row.get(f"{column}_sha256"))
         if hashes and len(hashes) != len(paths):
             raise SampleError(
-                f"sample {sample_id}: {len(paths)} frame file(s) but {len(hashes)} frames_sha256 value(s); "
+                f"sample {sample_id}: {len(paths)} {column} file(s) but {len(hashes)} {column}_sha256 value(s); "
                 "give one hash per frame, in the same order."
             )
         tensors, frame_hashes = [], []
         for index, relative in enumerate(paths):
-            role = f"frame {index}"
+            role = f"{frame} {index}"
             try:
                 path = self.resolve(relative)
                 image = open_image(path)
@@ -254,7 +268,7 @@ class Manifest:
                 first_size = image.size
             elif image.size != first_size:
                 raise SampleError(
-                    f"sample {sample_id}: frame {index} is {image.width}x{image.height}, frame 0 is "
+                    f"sample {sample_id}: {role} is {image.width}x{image.height}, {frame} 0 is "
                     f"{first_size[0]}x{first_size[1]} ({path}); every frame of a video must have the same "
                     "size."
                 )

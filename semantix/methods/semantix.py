@@ -15,8 +15,8 @@ to [-1, 1]; after 20 denoising steps, AdaIN of the output latents to the referen
 Video (conf/method/semantix_video.yaml: the paper's video weights gamma_ref = 6.0, gamma_c = 3.0,
 gamma_reg = 5.0, lambda_pe = 3.0, on AnimateDiff): the same algorithm on a latent video
 ``(F, C, h, w)``. All frames of the context are inverted together through the video UNet (one
-latent video), each reference image as a one-frame video; features are captured per frame, each
-output frame is matched to the reference features, the energies are summed over frames (each frame
+latent video), each reference image as a one-frame video (a reference video as a clip); features are
+captured per frame, each output frame is matched to the reference features of every reference frame, the energies are summed over frames (each frame
 is guided as an image would be; diagnostics report the per-frame mean), and AdaIN
 takes its statistics over frames and space. A clip longer than `window_size` frames runs in
 overlapping windows blended at every step (`semantix.diffusion.windows`).
@@ -153,10 +153,13 @@ class Semantix(Method):
             context, context_key = (sample.frames, "frames") if sample.is_video else (sample.content, "content")
             contexts.append(self._invert(context, sample.input_sha256.get(context_key), context_prompt, seed,
                                          "context"))
-            hashes = [sample.input_sha256.get(k) for k in sample.reference_keys]
+            if sample.reference_frames is not None:  # a reference video: its frames inverted as one clip
+                images, hashes = [sample.reference_frames], [sample.input_sha256.get("reference_frames")]
+            else:
+                images, hashes = sample.references, [sample.input_sha256.get(k) for k in sample.reference_keys]
             references.append([
                 self._invert(image, sha, self.reference_prompt, seed, f"reference_{k}")
-                for k, (image, sha) in enumerate(zip(sample.references, hashes, strict=True))
+                for k, (image, sha) in enumerate(zip(images, hashes, strict=True))
             ])
 
         # 2. Guided sampling of the output branches; 3. decode.
