@@ -251,7 +251,7 @@ class Manifest:
         hashes = _split(row.get(f"{column}_sha256"))
         if hashes and len(hashes) != len(paths):
             raise SampleError(
-                f"sample {sample_id}: {len(paths)} {column} file(s) but {len(hashes)} {column}_sha256 value(s); "
+                f"sample {sample_id}: {len(paths)} {frame} file(s) but {len(hashes)} {column}_sha256 value(s); "
                 "give one hash per frame, in the same order."
             )
         tensors, frame_hashes = [], []
