@@ -1,6 +1,7 @@
 """Video benchmark: the per-frame cost of video Semantix against image Semantix, and its peak memory.
 
-Measured in one process at the same resolution and number of steps, cache off (inversions computed):
+Measured in one process at the same resolution and number of steps, cache off (inversions computed),
+each call `--repeats` times alternately (medians reported):
   (a) image Semantix on one image (image backbone, paper image settings: conf/method/semantix.yaml);
   (b) video Semantix on a clip of F frames (its video backbone, conf/method/semantix_video.yaml),
       reported per frame; the ratio (b) / (a) is the cost of doing a frame inside a video (motion
@@ -23,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=None, help="default: 16 on CUDA, 8 on CPU")
     parser.add_argument("--steps", type=int, default=None, help="default: 60 on CUDA, 10 on CPU")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls of each, median reported")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
     args = parser.parse_args(argv)
 
@@ -84,10 +87,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     # A first image call warms up kernels and allocator; the timed calls follow.
     timed_call(paper_semantix("semantix", num_steps=2), image_backbone, clip.frame_sample(0), device)
-    image_seconds, image_peak = timed_call(paper_semantix("semantix", num_steps=steps), image_backbone,
-                                           clip.frame_sample(0), device)
+    # Alternate the two, `repeats` times each, and keep the medians (machines are noisy).
     video_method = paper_semantix("semantix_video", num_steps=steps)
-    video_seconds, video_peak = timed_call(video_method, video_backbone, clip, device)
+    image_runs, video_runs = [], []
+    for _ in range(args.repeats):
+        image_runs.append(timed_call(paper_semantix("semantix", num_steps=steps), image_backbone,
+                                     clip.frame_sample(0), device))
+        video_runs.append(timed_call(video_method, video_backbone, clip, device))
+    image_seconds, video_seconds = (statistics.median(s for s, _ in runs) for runs in (image_runs, video_runs))
+    image_peak, video_peak = (max((p for _, p in runs), default=None) if on_gpu else None
+                              for runs in (image_runs, video_runs))
     device_name = torch.cuda.get_device_name(device) if on_gpu else "cpu"
     per_frame = video_seconds / frames
     report = {
@@ -103,6 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
         "resolution": video_backbone.resolution,
         "frames": frames,
         "steps": steps,
+        "repeats": args.repeats,
+        "seconds_all": {"image_semantix_per_image": [s for s, _ in image_runs],
+                        "video_semantix_per_clip": [s for s, _ in video_runs]},
         "window": {"size": video_method.window_size, "overlap": video_method.window_overlap},
         "seconds": {"image_semantix_per_image": image_seconds, "video_semantix_per_clip": video_seconds,
                     "video_semantix_per_frame": per_frame},
