@@ -447,6 +447,7 @@ class Runner:
         the video's value is the mean over frames.
         """
         values = {}
+        frame_samples = [sample.frame_sample(f) for f in range(len(media))] if sample.is_video else []
         for name in names:
             metric = self.metrics[name]
             if metric.video and not sample.is_video:
@@ -455,7 +456,8 @@ class Runner:
                 values[name] = float(metric(media, sample))
             else:
                 values[name] = float(torch.stack([
-                    torch.as_tensor(metric(frame, sample.frame_sample(f))).float() for f, frame in enumerate(media)
+                    torch.as_tensor(metric(frame, frame_sample)).float()
+                    for frame, frame_sample in zip(media, frame_samples, strict=True)
                 ]).mean())
         return values
 
