@@ -20,7 +20,8 @@ The report folder is self-contained (move or zip it and it still works)::
     leaderboard.csv            the leaderboard rows of the selected runs
     images/inputs/<sha>.png    content and reference images as the methods saw them (the harness's
                                resize and centre crop), once per distinct file
-    images/outputs/<experiment>/<dataset>/<backbone>/<run>/<sample>.png   outputs (thumbnails)
+    images/outputs/<experiment>/<dataset>/<backbone>/<run>/<sample>.png   outputs (thumbnails; a video
+                               output: its looping GIF preview, <sample>.gif)
     plots/<group>__<kind>.png  the figures, also shown in the page
 
 It is built in a sibling temporary folder and then moved into place; an existing folder at --out
@@ -367,6 +368,20 @@ class Thumbnails:
             return None
         return self._save(image, relative)
 
+    def copy(self, path: Path, relative: str) -> tuple[str, int, int] | None:
+        """A file (a video's GIF preview) copied as it is, with display sizes fitting the thumbnail size."""
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except Exception as e:  # noqa: BLE001
+            log.warning("cannot read output %s: %s", path, e)
+            return None
+        target = self.root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        scale = min(1.0, self.size / max(width, height))
+        return relative, round(width * scale), round(height * scale)
+
     def _save(self, image: Image.Image, relative: str) -> tuple[str, int, int]:
         target = self.root / relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -564,8 +579,12 @@ def _output_cell(run: ReportRun, record: dict | None, metric_info: dict, thumbs:
         return (f'<td class="failed" {run_attr} data-status="failed">failed at {_e(error.get("stage", "?"))}: '
                 f'{_e(error.get("type", ""))}: {_e(error.get("message", ""))}</td>')
     source = run.summary.run_dir / record.get("image", "")
-    relative = f"images/outputs/{run.slug}/{safe_filename(record['sample_id'])}.png"
-    image = thumbs.output(source, relative) if source.is_file() else None
+    relative = f"images/outputs/{run.slug}/{safe_filename(record['sample_id'])}"
+    preview = run.summary.run_dir / record["preview"] if record.get("preview") else None
+    if preview is not None and preview.is_file():  # a video: its looping GIF
+        image = thumbs.copy(preview, f"{relative}.gif")
+    else:
+        image = thumbs.output(source, f"{relative}.png") if source.is_file() else None
     values = "".join(f"<tr><td>{_e(name)}{_e(_arrow(name, metric_info))}</td><td>{_e(_fmt(value))}</td></tr>"
                      for name, value in sorted(record.get("metrics", {}).items()))
     alt = f"{run.name} on {record['sample_id']}"

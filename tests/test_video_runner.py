@@ -136,6 +136,17 @@ def test_video_semantix_runs_in_the_harness(clips, tmp_path):
     assert all(len(values) == 2 for values in good["diagnostics"].values())
 
 
+def test_report_shows_a_video_as_its_gif_preview(clips, tmp_path):
+    from semantix.report import build_report
+
+    run_job([*manifest_overrides(clips), "method=frames_reinhard", "backbone=tiny_video", *FAST_METRICS,
+             "dataset.limit=1"], tmp_path / "results")
+    index = build_report(tmp_path / "results" / "runs", tmp_path / "report")
+    gifs = list((tmp_path / "report" / "images" / "outputs").rglob("good.gif"))
+    assert len(gifs) == 1 and gifs[0].read_bytes()[:6] == b"GIF89a"
+    assert str(gifs[0].relative_to(tmp_path / "report")) in index.read_text()
+
+
 @pytest.mark.slow
 def test_demo_video_experiment_runs_offline(tmp_path):
     """The README's video demo: `semantix-bench experiment=demo_video` (4 methods x 2 clips; minutes)."""
