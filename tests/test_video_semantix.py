@@ -137,12 +137,12 @@ def test_animatediff_loads_from_local_folders(video_backbone, tmp_path):
     from diffusers import MotionAdapter
 
     from semantix.backbones import load_animatediff, save_as_diffusers_folder
-    from semantix.backbones.tiny import TINY, motion_adapter_config
+    from semantix.backbones.tiny import motion_adapter_config
 
     sd_folder = save_as_diffusers_folder(video_backbone.image_backbone, tmp_path / "sd")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the adapter of build_tiny_video(seed=0)
-        MotionAdapter(**motion_adapter_config(TINY)).save_pretrained(tmp_path / "adapter")
+        MotionAdapter(**motion_adapter_config(video_backbone.image_backbone.unet.config)).save_pretrained(tmp_path / "adapter")
     loaded = load_animatediff(str(sd_folder), str(tmp_path / "adapter"), resolution=64, device="cpu")
     assert loaded.is_video and loaded.image_backbone.name == "sd15"
     assert loaded.scheduler_config["beta_schedule"] == "linear"

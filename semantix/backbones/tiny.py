@@ -146,12 +146,6 @@ def load_clip_tokenizer(folder: Path | None = None):
     return tokenizer
 
 
-def tiny_architecture(layers_per_block: int, block_out_channels: tuple[int, ...],
-                      cross_attention_dim: int) -> RandomArchitecture:
-    return replace(TINY, layers_per_block=layers_per_block, cross_attention_dim=cross_attention_dim,
-                   unet_widths=tuple(int(c) for c in block_out_channels), norm_groups=math.gcd(8, *block_out_channels))
-
-
 def build_tiny(
     resolution: int = 64,
     seed: int = 0,
@@ -168,31 +162,24 @@ def build_tiny(
     UNet: SD1.5's block types (3 cross-attention down blocks + 1 plain, mirrored up), 2 heads, group
     norm over 8 groups. VAE: 2 blocks, so 64 px -> a 4x32x32 latent. Text encoder: 2-layer CLIP.
     """
-    arch = tiny_architecture(layers_per_block, block_out_channels, cross_attention_dim)
+    arch = replace(TINY, layers_per_block=layers_per_block, cross_attention_dim=cross_attention_dim,
+                   unet_widths=tuple(int(c) for c in block_out_channels),
+                   norm_groups=math.gcd(8, *block_out_channels))
     return apply_kernel_options(build_random(arch, "tiny", resolution, seed, device, dtype), channels_last,
                                 compile_unet)
 
 
-def build_tiny_video(
-    resolution: int = 64,
-    seed: int = 0,
-    device: str = "cpu",
-    dtype: str = "float32",
-    layers_per_block: int = 2,
-    block_out_channels: tuple[int, ...] = TINY.unet_widths,
-    cross_attention_dim: int = TINY.cross_attention_dim,
-    channels_last: bool = False,
-    compile_unet: bool = False,
-) -> Backbone:
+def build_tiny_video(seed: int = 0, channels_last: bool = False, compile_unet: bool = False,
+                     **tiny_options) -> Backbone:
     """`tiny` with AnimateDiff motion modules: a `UNetMotionModel` with tiny widths and random weights.
 
-    The video counterpart of `build_tiny` (same UNet, VAE, text encoder and seed) for CPU tests of
-    the video paths; its outputs say nothing about quality.
+    The video counterpart of `build_tiny`, which builds its image part from the same keys
+    (`tiny_options`: resolution, device, dtype, widths ...) and seed; for CPU tests of the video paths,
+    its outputs say nothing about quality.
     """
-    arch = tiny_architecture(layers_per_block, block_out_channels, cross_attention_dim)
-    image_backbone = build_random(arch, "tiny", resolution, seed, device, dtype)
-    return apply_kernel_options(with_random_motion_modules(image_backbone, arch, "tiny_video", seed),
-                                channels_last, compile_unet)
+    image_backbone = build_tiny(seed=seed, **tiny_options)
+    return apply_kernel_options(with_random_motion_modules(image_backbone, "tiny_video", seed), channels_last,
+                                compile_unet)
 
 
 def build_sd15_random(resolution: int = 512, seed: int = 0, device: str = "auto", dtype: str = "auto",
@@ -205,35 +192,36 @@ def build_sd15_random(resolution: int = 512, seed: int = 0, device: str = "auto"
                                 compile_unet)
 
 
-def build_animatediff_random(resolution: int = 512, seed: int = 0, device: str = "auto", dtype: str = "auto",
-                             channels_last: bool = False, compile_unet: bool = False) -> Backbone:
+def build_animatediff_random(seed: int = 0, channels_last: bool = False, compile_unet: bool = False,
+                             **sd15_options) -> Backbone:
     """AnimateDiff's full architecture (SD1.5 + a v1-5-2-sized motion adapter) with random weights.
 
-    For timing and memory benchmarks of the video path on machines without the weights.
+    For timing and memory benchmarks of the video path on machines without the weights;
+    `sd15_options` as `build_sd15_random`'s (resolution, device, dtype).
     """
-    image_backbone = build_random(SD15, "sd15_random", resolution, seed, device, dtype)
-    return apply_kernel_options(with_random_motion_modules(image_backbone, SD15, "animatediff_random", seed),
+    image_backbone = build_sd15_random(seed=seed, **sd15_options)
+    return apply_kernel_options(with_random_motion_modules(image_backbone, "animatediff_random", seed),
                                 channels_last, compile_unet)
 
 
-def motion_adapter_config(arch: RandomArchitecture) -> dict:
-    """A `MotionAdapter` config matching `arch`'s UNet (AnimateDiff v1-5-2's layout, scaled widths)."""
+def motion_adapter_config(unet_config) -> dict:
+    """A `MotionAdapter` config matching an image UNet's config (AnimateDiff v1-5-2's layout, its widths)."""
     return {
-        "block_out_channels": arch.unet_widths,
-        "motion_layers_per_block": arch.layers_per_block,
+        "block_out_channels": tuple(unet_config.block_out_channels),
+        "motion_layers_per_block": unet_config.layers_per_block,
         "motion_mid_block_layers_per_block": 1,
-        "motion_num_attention_heads": arch.unet_heads,
-        "motion_norm_num_groups": arch.norm_groups,
+        "motion_num_attention_heads": unet_config.attention_head_dim,
+        "motion_norm_num_groups": unet_config.norm_num_groups,
         "motion_max_seq_length": 32,
         "use_motion_mid_block": True,
     }
 
 
-def with_random_motion_modules(image_backbone: Backbone, arch: RandomArchitecture, name: str, seed: int) -> Backbone:
+def with_random_motion_modules(image_backbone: Backbone, name: str, seed: int) -> Backbone:
     """`image_backbone` plus a random `MotionAdapter` seeded by `seed`: a video backbone (`UNetMotionModel`)."""
     from diffusers import MotionAdapter
 
-    adapter_config = motion_adapter_config(arch)
+    adapter_config = motion_adapter_config(image_backbone.unet.config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         adapter = MotionAdapter(**adapter_config)
