@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -41,7 +40,15 @@ import torch
 
 from semantix.metrics.base import SampleMetric
 from semantix.metrics.inputs import check_unit_range, to_clip_input
-from semantix.metrics.weights import is_random, metric_device, offline, require_file, seeded, shared_model
+from semantix.metrics.weights import (
+    LRUCache,
+    is_random,
+    metric_device,
+    offline,
+    require_file,
+    seeded,
+    shared_model,
+)
 from semantix.types import Sample, WeightsNotFoundError
 
 EMBEDDING_CACHE_SIZE = 256
@@ -73,28 +80,18 @@ class CLIPEmbedder:
             raise ValueError(f"CLIP model input {height}x{width} is not square; to_clip_input resizes to squares")
         self.image_size = height
         self.mean, self.std = tuple(preprocess["mean"]), tuple(preprocess["std"])
-        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-
-    def _cached(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        value = compute()
-        self._cache[key] = value
-        if len(self._cache) > EMBEDDING_CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return value
+        self._cache = LRUCache(EMBEDDING_CACHE_SIZE)
 
     def image(self, image: torch.Tensor) -> torch.Tensor:
         """(D,) embedding, on the CPU, of a (3, H, W) image in [0, 1]."""
         image = check_unit_range(image, "CLIP image").cpu().contiguous()
         # Keyed by content, not by id(): ids are reused once a tensor is freed.
         digest = hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest()
-        return self._cached(("image", tuple(image.shape), digest), lambda: self._encode_image(image))
+        return self._cache.get_or_compute(("image", tuple(image.shape), digest), lambda: self._encode_image(image))
 
     def text(self, prompt: str) -> torch.Tensor:
         """(D,) embedding, on the CPU, of a prompt (truncated to the model's context length)."""
-        return self._cached(("text", prompt), lambda: self._encode_text(prompt))
+        return self._cache.get_or_compute(("text", prompt), lambda: self._encode_text(prompt))
 
     @torch.no_grad()
     def _encode_image(self, image: torch.Tensor) -> torch.Tensor:

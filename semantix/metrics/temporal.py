@@ -42,7 +42,6 @@ downloaded; a local path to that state dict; or `random` (seeded random RAFT, nu
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +52,7 @@ from semantix.metrics.clip import _CLIPMetric
 from semantix.metrics.inputs import raft_size, to_clip_input, to_raft_input
 from semantix.metrics.weights import (
     TORCHVISION,
+    LRUCache,
     is_random,
     metric_device,
     require_file,
@@ -208,7 +208,7 @@ class WarpingError(VideoMetric):
         self.num_flow_updates = num_flow_updates
         self.batch_size = batch_size
         self.model_device = metric_device(device)
-        self._flows: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._flows = LRUCache(FLOW_CACHE_SIZE)
         # Built now, so that missing weights fail when the run starts, not at its first sample.
         self.raft()
 
@@ -224,13 +224,7 @@ class WarpingError(VideoMetric):
         frames = frames.cpu().contiguous()
         # Keyed by the loaded frames, not the file's hash: one file loaded at two sizes has two flows.
         key = (tuple(frames.shape), hashlib.blake2b(frames.numpy().tobytes(), digest_size=16).digest())
-        if key in self._flows:
-            self._flows.move_to_end(key)
-        else:
-            self._flows[key] = self._estimate_flows(frames)
-            if len(self._flows) > FLOW_CACHE_SIZE:
-                self._flows.popitem(last=False)
-        return self._flows[key]
+        return self._flows.get_or_compute(key, lambda: self._estimate_flows(frames))
 
     @torch.no_grad()
     def _estimate_flows(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,13 +10,15 @@ A metric's config has a `weights` key. Its value is one of:
   and absent, `WeightsNotFoundError` names the config key and the file expected.
 
 Models are shared: `shared_model(key, build)` builds each (architecture, weights, device) once per
-process, so a preset with three CLIP metrics loads one CLIP.
+process, so a preset with three CLIP metrics loads one CLIP. `LRUCache` bounds what metrics keep of
+their intermediate results (CLIP embeddings, optical flows).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,23 @@ def shared_model(key: tuple, build: Callable[[], Any]) -> Any:
         if key not in _models:
             _models[key] = build()
         return _models[key]
+
+
+class LRUCache:
+    """At most `size` computed values, the least recently used dropped first (embeddings, flows)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._values: OrderedDict[Any, Any] = OrderedDict()
+
+    def get_or_compute(self, key: Any, compute: Callable[[], Any]) -> Any:
+        if key in self._values:
+            self._values.move_to_end(key)
+            return self._values[key]
+        value = self._values[key] = compute()
+        if len(self._values) > self.size:
+            self._values.popitem(last=False)
+        return value
 
 
 def clear_shared_models() -> None:
