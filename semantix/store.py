@@ -79,10 +79,15 @@ def quantize(image: torch.Tensor) -> torch.Tensor:
     return torch.round(image.clamp(0, 1) * 255.0) / 255.0
 
 
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(..., 3, H, W) in [0, 1] -> (..., H, W, 3) uint8 on the 8-bit grid of `quantize`."""
+    return (quantize(images.detach().float().cpu()) * 255.0).round().byte().movedim(-3, -1).numpy()
+
+
 def image_to_png_bytes(image: torch.Tensor) -> bytes:
     import io
 
-    array = (quantize(image) * 255.0).round().byte().permute(1, 2, 0).numpy()
+    array = to_uint8(image)
     buffer = io.BytesIO()
     Image.fromarray(array, mode="RGB").save(buffer, format="PNG")
     return buffer.getvalue()
@@ -193,9 +198,8 @@ class RunStore:
             frame_paths.append(relative)
             frame_hashes.append(hashlib.sha256(data).hexdigest())
         video, preview = f"videos/{name}.mp4", f"videos/{name}.gif"
-        stored = quantize(frames)
-        write_mp4(stored, self.run_dir / video, fps=fps)
-        write_gif(stored, self.run_dir / preview, fps=fps)
+        write_mp4(frames, self.run_dir / video, fps=fps)  # the writers quantize like the PNGs
+        write_gif(frames, self.run_dir / preview, fps=fps)
         return {"frames": frame_paths, "frames_sha256": clip_sha256(frame_hashes), "video": video,
                 "preview": preview}
 

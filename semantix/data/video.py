@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from semantix.store import atomic_write_bytes, quantize
+from semantix.store import atomic_write_bytes, to_uint8
 
 __all__ = ["check_frames", "read_video_frames", "write_gif", "write_mp4"]
 
@@ -98,7 +98,7 @@ def read_video_frames(path: str | PathLike[str]) -> torch.Tensor:
 def _to_uint8(frames: torch.Tensor) -> np.ndarray:
     """(F, 3, H, W) in [0, 1] -> (F, H, W, 3) uint8, on the 8-bit grid the PNG frames use."""
     check_frames(frames)
-    return (quantize(frames.detach().float().cpu()) * 255.0).round().byte().permute(0, 2, 3, 1).numpy()
+    return to_uint8(frames)
 
 
 def _check_fps(fps: float) -> None:
