@@ -27,6 +27,7 @@ import torch
 
 from semantix.backbones.base import Backbone, apply_kernel_options, finalize_modules
 from semantix.backbones.sd15 import DEFAULT_PRETRAINED, HUB_ID, load_sd15, resolve_weights
+from semantix.checkpoints import refusing_pickled_code
 from semantix.types import WeightsNotFoundError
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,9 @@ def load_animatediff(
     )
     image_backbone = load_sd15(pretrained, revision, resolution, device, dtype, local_files_only)
     fast_init = importlib.util.find_spec("accelerate") is not None
-    adapter = MotionAdapter.from_pretrained(adapter_folder, torch_dtype=image_backbone.dtype,
-                                            low_cpu_mem_usage=fast_init)
+    with refusing_pickled_code("backbone.motion_adapter", adapter_folder):  # diffusers: weights_only=True
+        adapter = MotionAdapter.from_pretrained(adapter_folder, torch_dtype=image_backbone.dtype,
+                                                low_cpu_mem_usage=fast_init)
     log.info("AnimateDiff: motion adapter %s from %s", motion_adapter, adapter_folder)
     backbone = video_backbone(image_backbone, adapter, "animatediff", {
         "motion_adapter": str(motion_adapter),

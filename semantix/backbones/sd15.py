@@ -24,6 +24,7 @@ from semantix.backbones.base import (
     resolve_device,
     resolve_dtype,
 )
+from semantix.checkpoints import refusing_pickled_code
 from semantix.types import WeightsNotFoundError
 
 log = logging.getLogger(__name__)
@@ -170,13 +171,16 @@ def load_sd15(
 
     # low_cpu_mem_usage needs accelerate; without it diffusers falls back with a warning
     fast_init = importlib.util.find_spec("accelerate") is not None
-    unet = UNet2DConditionModel.from_pretrained(
-        folder, subfolder="unet", torch_dtype=torch_dtype, low_cpu_mem_usage=fast_init
-    )
-    vae = AutoencoderKL.from_pretrained(
-        folder, subfolder="vae", torch_dtype=torch_dtype, low_cpu_mem_usage=fast_init
-    )
-    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch_dtype)
+    # diffusers and transformers read .bin files with weights_only=True: a pickle that would run code
+    # is refused (UnsafeCheckpointError), never executed.
+    with refusing_pickled_code("backbone.pretrained", folder):
+        unet = UNet2DConditionModel.from_pretrained(
+            folder, subfolder="unet", torch_dtype=torch_dtype, low_cpu_mem_usage=fast_init
+        )
+        vae = AutoencoderKL.from_pretrained(
+            folder, subfolder="vae", torch_dtype=torch_dtype, low_cpu_mem_usage=fast_init
+        )
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch_dtype)
     tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
     max_positions = text_encoder.config.max_position_embeddings
     if tokenizer.model_max_length > max_positions:  # a tokenizer folder without tokenizer_config.json

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from semantix.checkpoints import refusing_pickled_code
 from semantix.diffusion.attention import self_attention_layers
 from semantix.diffusion.cache import TensorCache, resolve_feature_dtype
 from semantix.diffusion.ddim import ddim_invert
@@ -415,7 +416,8 @@ def _load_dinov2(weights: str):
         model = seeded(lambda: Dinov2Model(Dinov2Config()))
     else:
         try:
-            model = Dinov2Model.from_pretrained(weights, local_files_only=offline())
+            with refusing_pickled_code("dinov2_weights", weights):  # transformers: weights_only=True
+                model = Dinov2Model.from_pretrained(weights, local_files_only=offline())
         except OSError as error:
             raise WeightsNotFoundError(
                 f"dinov2_weights: DINOv2 weights not found (value {weights!r}); expected a folder with config.json "
@@ -433,7 +435,8 @@ def _load_depth_model(path: str, device):
 
     try:
         processor = AutoImageProcessor.from_pretrained(path, local_files_only=offline())
-        model = AutoModelForDepthEstimation.from_pretrained(path, local_files_only=offline())
+        with refusing_pickled_code("depth_model", path):  # transformers: weights_only=True
+            model = AutoModelForDepthEstimation.from_pretrained(path, local_files_only=offline())
     except OSError as error:
         raise WeightsNotFoundError(
             f"depth_model: depth-estimation model not found (value {path!r}); expected a transformers "

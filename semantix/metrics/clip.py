@@ -38,6 +38,7 @@ from typing import ClassVar
 
 import torch
 
+from semantix.checkpoints import refusing_pickled_code
 from semantix.metrics.base import SampleMetric
 from semantix.metrics.inputs import check_unit_range, to_clip_input
 from semantix.metrics.weights import (
@@ -146,10 +147,12 @@ def build_embedder(model: str, weights: str, device: str, config_key: str) -> CL
     if is_random(weights):
         clip = seeded(lambda: open_clip.create_model(model, pretrained=None, device=device))
     elif tag_cfg := open_clip.get_pretrained_cfg(model, weights):
-        clip = open_clip.create_model(
-            model, pretrained=_tag_source(model, weights, tag_cfg, config_key), device=device,
-            force_quick_gelu=tag_cfg.get("quick_gelu", False), force_preprocess_cfg=tag_cfg,
-        )
+        source = _tag_source(model, weights, tag_cfg, config_key)
+        with refusing_pickled_code(config_key, source):  # open_clip reads with weights_only=True
+            clip = open_clip.create_model(
+                model, pretrained=source, device=device,
+                force_quick_gelu=tag_cfg.get("quick_gelu", False), force_preprocess_cfg=tag_cfg,
+            )
     else:
         path = require_file(
             config_key, weights, [],
@@ -157,7 +160,8 @@ def build_embedder(model: str, weights: str, device: str, config_key: str) -> CL
                      f"tags {open_clip.list_pretrained_tags_by_model(model)}",
             how_to_get="open_clip's pretrained tags download from the Hugging Face hub on a machine with network.",
         )
-        clip = open_clip.create_model(model, pretrained=str(path), device=device)
+        with refusing_pickled_code(config_key, path):
+            clip = open_clip.create_model(model, pretrained=str(path), device=device)
     return CLIPEmbedder(clip, open_clip.get_tokenizer(model), device)
 
 

@@ -45,6 +45,7 @@ import torch
 from skimage import color
 from transformers import ViTConfig, ViTModel
 
+from semantix.checkpoints import refusing_pickled_code
 from semantix.metrics.base import SampleMetric
 from semantix.metrics.inputs import check_same_size, to_dino_input, to_hwc_numpy
 from semantix.metrics.weights import is_random, metric_device, offline, seeded, shared_model
@@ -65,7 +66,8 @@ def load_dino(weights: str, config_key: str) -> ViTModel:
         model = seeded(lambda: ViTModel(ViTConfig(**DINO_VITB8), add_pooling_layer=False))
     else:
         try:
-            model = ViTModel.from_pretrained(weights, local_files_only=offline(), add_pooling_layer=False)
+            with refusing_pickled_code(config_key, weights):  # transformers reads with weights_only=True
+                model = ViTModel.from_pretrained(weights, local_files_only=offline(), add_pooling_layer=False)
         except OSError as error:
             raise WeightsNotFoundError(
                 f"{config_key}: weights not found (value {weights!r}). Expected a folder with config.json "

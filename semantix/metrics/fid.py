@@ -25,9 +25,12 @@ Weights of the standard Inception (config key `metrics.fid.weights`, for ArtFID
 - `torch-fidelity` (default): torch-fidelity's port of the TensorFlow FID Inception,
   `weights-inception-2015-12-05-6726825d.pth`, used only if already on disk where
   torch-fidelity/torchmetrics download it (`torch.hub.load_state_dict_from_url`'s folder,
-  `$TORCH_HOME/hub/checkpoints`); it is then loaded by path (`feature_extractor_weights_path`), so
-  nothing is ever downloaded;
-- a local path to that file;
+  `$TORCH_HOME/hub/checkpoints`), so nothing is ever downloaded;
+- a local path to that file.
+  Either file is read by us as a state dict of tensors (`semantix.checkpoints.load_state_dict_file`:
+  `torch.load(weights_only=True)`, or safetensors) and loaded into torchmetrics' network; it is never
+  handed to torch-fidelity's loader, which unpickles with `weights_only=False` (a crafted file would
+  run code): a file holding anything but tensors is refused with `UnsafeCheckpointError`;
 - `random`: the SAME architecture (torchmetrics' `NoTrainInceptionV3`, i.e. torch-fidelity's
   `FeatureExtractorInceptionV3`) built without loading any checkpoint, with seeded He-normal
   (fan-in, ReLU) conv weights and BatchNorm at its identity initialisation, so that activations keep
@@ -58,6 +61,7 @@ import torchvision
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.utilities import dim_zero_cat
 
+from semantix.checkpoints import load_state_dict_file
 from semantix.metrics.base import SetMetric
 from semantix.metrics.inputs import check_same_size, to_inception_uint8
 from semantix.metrics.perceptual import LPIPSNetwork, shared_lpips
@@ -101,13 +105,19 @@ class _UnloadedInceptionV3(NoTrainInceptionV3):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-def random_inception(feature: int) -> torch.nn.Module:
-    """The torchmetrics/torch-fidelity Inception-v3 with He-normal conv weights from the current RNG."""
+def _unloaded_inception(feature: int) -> _UnloadedInceptionV3:
+    """torchmetrics' Inception-v3 feature extractor, built without reading any file (its constructor
+    is handed a checkpoint of `None`, made here, and skips loading it)."""
     empty = io.BytesIO()
     torch.save(None, empty)
     empty.seek(0)
-    network = _UnloadedInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
-                                   feature_extractor_weights_path=empty)
+    return _UnloadedInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
+                                feature_extractor_weights_path=empty)
+
+
+def random_inception(feature: int) -> torch.nn.Module:
+    """The torchmetrics/torch-fidelity Inception-v3 with He-normal conv weights from the current RNG."""
+    network = _unloaded_inception(feature)
     for module in network.modules():
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
@@ -125,12 +135,21 @@ def inception_file(weights: str, config_key: str) -> Path:
     )
 
 
-def standard_inception(source: str, feature: int) -> torch.nn.Module:
-    """torchmetrics' Inception feature extractor: `source` is "random" or the checkpoint's path."""
+def standard_inception(source: str, feature: int, config_key: str = "metrics.fid.weights") -> torch.nn.Module:
+    """torchmetrics' Inception feature extractor: `source` is "random" or the checkpoint's path.
+
+    The checkpoint is read here as tensors only (never unpickled by torch-fidelity) and loaded strictly.
+    """
     if is_random(source):
         return seeded(lambda: random_inception(feature))
-    return NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
-                              feature_extractor_weights_path=source)
+    state = load_state_dict_file(source, config_key)
+    if checkpoint_kind(state, Path(source), config_key) != "standard":
+        raise ValueError(f"{config_key}: {source} is art-fid's {ART_INCEPTION_FILE}; the standard FID needs "
+                         f"torch-fidelity's {INCEPTION_FILE} (art-fid's checkpoint is for ArtFID: "
+                         "metrics.artfid.inception_weights)")
+    network = _unloaded_inception(feature)
+    network.load_state_dict(state)
+    return network
 
 
 # -- the art-trained Inception of art-fid ----------------------------------------------------------
@@ -257,7 +276,9 @@ class FID(SetMetric):
         """("standard" | "random", shared_model key, builder) for the standard Inception."""
         source = weights if is_random(weights) else str(inception_file(weights, self.config_key))
         kind = "random" if is_random(weights) else "standard"
-        return kind, ("inception", source, feature, self.model_device), lambda: standard_inception(source, feature)
+        config_key = self.config_key
+        return kind, ("inception", source, feature, self.model_device), lambda: standard_inception(
+            source, feature, config_key)
 
     def update(self, output: torch.Tensor, sample: Sample) -> None:
         self.frechet.update(to_inception_uint8(output), real=False)
@@ -343,13 +364,14 @@ class ArtFID(FID):
                        f"{ART_INCEPTION_FILE}` fetches art-fid's checkpoint.",
         )
         # Read to tell the two layouts apart; the builder reads it again, so it is not kept in memory.
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_state_dict_file(path, self.config_key)
         if checkpoint_kind(state, path, self.config_key) == "standard":
             return super()._inception(str(path), feature)
         if feature != ArtInceptionFeatures.num_features:
             raise ValueError(f"the art Inception gives 2048-d features only, got feature={feature}")
+        config_key = self.config_key
         return ART, ("art_inception", str(path), self.model_device), lambda: art_inception(
-            torch.load(path, map_location="cpu", weights_only=True))
+            load_state_dict_file(path, config_key))
 
     def lpips_model(self) -> LPIPSNetwork:
         """The same shared LPIPS network as the `lpips` metric (one model per weights and device)."""

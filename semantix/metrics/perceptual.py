@@ -24,6 +24,7 @@ import warnings
 
 import torch
 
+from semantix.checkpoints import load_state_dict_file
 from semantix.metrics.base import SampleMetric
 from semantix.metrics.inputs import to_lpips_input
 from semantix.metrics.weights import (
@@ -93,7 +94,7 @@ def build_lpips(net: str, weights: str, device: str, config_key: str = CONFIG_KE
                        f"torchvision.models.get_weight('{tv_weights}').get_state_dict()\"` puts it in "
                        f"{torch_hub_checkpoint(filename).parent} (set TORCH_HOME to move that cache).",
         )
-        trunk_state = torch.load(path, map_location="cpu", weights_only=True)
+        trunk_state = load_state_dict_file(path, config_key)
 
     def build() -> torch.nn.Module:
         # The trunk is always built random and then loaded from the file resolved above: lpips would

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.optical_flow import Raft_Large_Weights, raft_large
 
+from semantix.checkpoints import load_state_dict_file
 from semantix.metrics.base import VideoMetric
 from semantix.metrics.clip import _CLIPMetric
 from semantix.metrics.inputs import raft_size, to_clip_input, to_raft_input
@@ -182,7 +183,7 @@ def load_raft_large(weights: str, config_key: str) -> torch.nn.Module:
                    f"{torch_hub_checkpoint(RAFT_FILE).parent} (set TORCH_HOME to move that cache).",
     )
     model = raft_large(weights=None)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.load_state_dict(load_state_dict_file(path, config_key))
     return model.eval().requires_grad_(False)
 
 

@@ -35,6 +35,7 @@ from typing import ClassVar
 import torch
 import torchvision
 
+from semantix.checkpoints import load_state_dict_file
 from semantix.metrics.base import SampleMetric
 from semantix.metrics.inputs import to_vgg_input
 from semantix.metrics.weights import (
@@ -63,7 +64,7 @@ def load_vgg19_features(weights: str, config_key: str) -> torch.nn.Sequential:
         how_to_get=f"On a machine with network, `torchvision.models.vgg19(weights='IMAGENET1K_V1')` puts it "
                    f"in {torch_hub_checkpoint(VGG19_FILE).parent}; copy it there or anywhere.",
     )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_state_dict_file(path, config_key)
     features = torchvision.models.vgg19(weights=None).features
     # The checkpoint holds the whole classifier too; only the trunk is needed, and strict loading of
     # the trunk still catches a wrong file.
