@@ -21,9 +21,11 @@ loop at 64x64 with SD1.5's channel count (target: at least 100x faster).
 
     python -m benchmarks.sampler                       # tiny on CPU; + sd15_random at 512 px on CUDA
     python -m benchmarks.sampler --backbone sd15_random --steps 60
+    python -m benchmarks.sampler --skip correspondence kernels  # parts the GPU kit runs on their own
 
-Writes results/benchmarks/sampler-<device>.json. The tiny backbone's numbers measure the harness
-and the algorithm's overhead on a CPU, not SD1.5's cost.
+Writes results/benchmarks/sampler-<device>.json, rewritten after each part (backbone, batching, each
+method) so that a run stopped by a time limit keeps what it measured; `complete` is true once all ran.
+The tiny backbone's numbers measure the harness and the algorithm's overhead on a CPU, not SD1.5's cost.
 """
 
 from __future__ import annotations
@@ -125,8 +127,8 @@ def bench_backbone(backbone, steps: int, sweep: int, repeats: int) -> dict:
         plain_peak = p.peak_gib
         cold = method(cache_inversions=False)
         with Phase(device) as p:
-            context = cold._invert(sample.content, None, sample.prompt or "", repeat, "context")
-            reference = cold._invert(sample.reference, None, "", repeat, "reference_0")
+            context = cold.invert(sample.content, None, sample.prompt or "", repeat, "context")
+            reference = cold.invert(sample.reference, None, "", repeat, "reference_0")
         cold_inversion.append(p.seconds)
         with Phase(device) as p:
             cold.sample([context], [[reference]], cond)
@@ -135,9 +137,9 @@ def bench_backbone(backbone, steps: int, sweep: int, repeats: int) -> dict:
         generator_for_pair = torch.Generator().manual_seed(100 + repeat)
         semantix(sample, generator_for_pair)  # fills the cache for this seed
         with Phase(device) as p:
-            warm_context = semantix._invert(sample.content, sample.input_sha256["content"], sample.prompt or "",
+            warm_context = semantix.invert(sample.content, sample.input_sha256["content"], sample.prompt or "",
                                             100 + repeat, "context")
-            warm_reference = semantix._invert(sample.reference, sample.input_sha256["reference"], "",
+            warm_reference = semantix.invert(sample.reference, sample.input_sha256["reference"], "",
                                               100 + repeat, "reference_0")
             semantix.sample([warm_context], [[warm_reference]], cond)
         warm_total.append(p.seconds)
@@ -263,19 +265,21 @@ KERNEL_VARIANTS = (
 )
 
 
-def bench_kernels(steps: int = 10, repeats: int = 3) -> dict:
+def bench_kernels(steps: int = 10, repeats: int = 3, variants=KERNEL_VARIANTS, on_variant=None) -> dict:
     """SD1.5 architecture on CUDA: a plain CFG step and a Semantix step per precision / kernel option.
 
     Ratios are to float32 without options, in this process. Numerics are checked against float32 on
     the same inputs (the relative error of one UNet call), so a fast variant that breaks the
-    numbers shows it. CUDA only: these options are about GPU kernels.
+    numbers shows it. CUDA only: these options are about GPU kernels. `variants` must start with
+    float32 without options (the reference); `on_variant(results)` is called after each variant
+    (the GPU kit writes its JSON then, so a time limit keeps the variants already measured).
     """
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device: precision and kernel options are measured on a GPU"}
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, 64, 64, generator=g)
     results, reference = [], None
-    for variant in KERNEL_VARIANTS:
+    for variant in variants:
         backbone = build_sd15_random(**variant)
         method = Semantix(num_steps=steps)
         method.prepare(backbone, Path(tempfile.mkdtemp(prefix="semantix-bench-kernels-")))
@@ -300,6 +304,8 @@ def bench_kernels(steps: int = 10, repeats: int = 3) -> dict:
                         "unet_relative_error_vs_float32": float((eps - reference).norm() / reference.norm())})
         del backbone, method
         torch.cuda.empty_cache()
+        if on_variant is not None:
+            on_variant(results)
     base = results[0]
     for r in results:
         r["plain_speedup_vs_float32"] = base["plain_cfg_step_s"] / r["plain_cfg_step_s"]
@@ -347,6 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
     parser.add_argument("--methods", nargs="*", default=list(METHODS),
                         help="methods to time at their paper settings (none: skip)")
+    parser.add_argument("--skip", nargs="+", default=[], choices=["correspondence", "kernels", "batching"],
+                        help="parts not to run (the GPU kit runs correspondence and kernels in their own processes)")
     args = parser.parse_args(argv)
 
     runs = []  # (backbone, steps, seconds to build it: a shard's model load, for the cost projection)
@@ -367,17 +375,28 @@ def main(argv: list[str] | None = None) -> dict:
         "time": provenance.now(),
         "targets": TARGETS,
         "results": [],
-        "correspondence": bench_correspondence(device),
-        "kernels": bench_kernels(),
+        "correspondence": (bench_correspondence(device) if "correspondence" not in args.skip
+                           else {"skipped": "--skip correspondence"}),
+        "kernels": bench_kernels() if "kernels" not in args.skip else {"skipped": "--skip kernels"},
+        "complete": False,  # True once every part has run; the file is rewritten after each part
     }
+    slug = device_name.lower().replace(" ", "-")
+    out = args.out / f"sampler-{slug}.json"
     for backbone, steps, load_seconds in runs:
         result = bench_backbone(backbone, steps, args.sweep, args.repeats)
         result["device"] = torch.cuda.get_device_name(backbone.device) if backbone.device.type == "cuda" else "cpu"
         # Random weights are built, not read from disk: a lower bound on loading SD1.5's files.
         result["backbone_load_seconds"] = load_seconds
-        result["methods"] = bench_methods(backbone, result["seconds"]["plain_cfg_step"], args.methods)
-        result["batching"] = bench_batching(backbone, steps)
         report["results"].append(result)
+        atomic_write_json(out, report)
+        result["batching"] = (bench_batching(backbone, steps) if "batching" not in args.skip
+                              else {"skipped": "--skip batching"})
+        atomic_write_json(out, report)
+        result["methods"] = {}
+        for name in args.methods:  # one at a time, each written as it is measured
+            result["methods"] |= bench_methods(backbone, result["seconds"]["plain_cfg_step"], [name])
+            atomic_write_json(out, report)
+    report["complete"] = True
     report["cpu_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     for r in report["results"]:
         if r["backbone"] == "sd15_random" and r["resolution"] == 512 and r["steps"] == 60:
@@ -385,8 +404,6 @@ def main(argv: list[str] | None = None) -> dict:
                 r["seconds"]["semantix_pair_cold"] <= TARGETS["h100_512px_60_steps_seconds_per_pair_max"]
                 if "H100" in device_name else None
             )
-    slug = device_name.lower().replace(" ", "-")
-    out = args.out / f"sampler-{slug}.json"
     atomic_write_json(out, report)
     print(json.dumps({r["backbone"]: r["ratios"] | {"seconds": r["seconds"]} for r in report["results"]}, indent=2))
     print(json.dumps({"correspondence": report["correspondence"]}, indent=2))
