@@ -22,6 +22,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -45,6 +46,28 @@ def root_cause(error: BaseException) -> BaseException:
 
 def _leaderboard_paths(results_dir: Path) -> tuple[Path, Path, Path]:
     return results_dir / "runs", results_dir / "leaderboard.csv", results_dir / "leaderboard.md"
+
+
+class ResultsDirCheck(Callback):
+    """Hydra callback (conf/hydra/default.yaml): before Hydra creates its output folder under
+    `paths.results_dir`, check that the results directory can be written; when it cannot, print a
+    message naming it and exit with status 101 (a job that could not run)."""
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        from semantix.store import ResultsNotWritable, check_writable_directory
+
+        try:
+            check_writable_directory(Path(config.paths.results_dir))
+        except ResultsNotWritable as e:
+            print(f"semantix-bench: {e}", file=sys.stderr)
+            sys.exit(JOB_FAILED_EXIT)
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config)
 
 
 def _run_job(cfg: DictConfig) -> None:

@@ -7,6 +7,11 @@ for n < 2. Counts: `n` samples in the dataset, `n_ok`, `n_failed`, `n_missing` (
 is incomplete, e.g. a shard has not finished), `n_duplicated` (record files repeating a sample id,
 counted once). Shards of one run write into the same run directory, so a row merges them. Every value is computed from the records on disk; nothing is cached or typed in.
 
+Values of different metric configs are never averaged together: a metric's mean covers only the
+values computed under its current config (the run's `metric_info/<name>.json`); `<metric>_missing`
+counts the finished samples without such a value (shown as "(k missing)" in the Markdown table), and
+a set-level value of another config is left out.
+
 The `backbone` and `weights` columns say where numbers come from: rows of the `tiny` backbone are
 random-weight runs that test the code, never quality results, and the Markdown table says so.
 """
@@ -169,11 +174,18 @@ def summarise(run: RunSummary) -> dict:
     }
     metric_names = sorted({name for r in ok for name in r.get("metrics", {})})
     for name in metric_names:
-        values = [r["metrics"][name] for r in ok if name in r.get("metrics", {})]
+        # Only values computed under the metric's current config (the run's metric_info) are averaged;
+        # ok samples without one (not re-scored yet, or scored under another config) count as missing.
+        current = (run.metric_info.get(name) or {}).get("config_hash")
+        values = [r["metrics"][name] for r in ok if name in r.get("metrics", {})
+                  and (current is None or (r.get("metric_config") or {}).get(name) == current)]
         row[f"{name}_mean"], row[f"{name}_ci95"] = mean_ci(values)
+        row[f"{name}_missing"] = len(ok) - len(values)
     for name, result in sorted(run.set_metrics.items()):
-        row[f"{name}_set"] = result.get("value", math.nan)
-        row[f"{name}_n"] = result.get("n")
+        current = (run.metric_info.get(name) or {}).get("config_hash")
+        stale = current is not None and result.get("config_hash") != current
+        row[f"{name}_set"] = math.nan if stale else result.get("value", math.nan)
+        row[f"{name}_n"] = None if stale else result.get("n")
     return row
 
 
@@ -222,6 +234,9 @@ def to_markdown(table: pd.DataFrame, metric_info: dict) -> str:
             cell = _format(mean)
             if cell and _format(half):
                 cell += f" ± {_format(half)}"
+            missing = row.get(f"{name}_missing")
+            if isinstance(missing, (int, float)) and not math.isnan(missing) and missing > 0:
+                cell += f" ({int(missing)} missing)"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     notes = [

@@ -44,7 +44,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from semantix import provenance
 from semantix.leaderboard import merged_metric_info, read_invocations
 from semantix.methods.base import Method
-from semantix.store import RunStore, atomic_write_json, quantize, stable_hash
+from semantix.store import (
+    ResultsNotWritable,
+    RunStore,
+    StoredFileError,
+    check_writable_directory,
+    quantize,
+    stable_hash,
+)
 from semantix.types import MethodOutput, Sample
 
 log = logging.getLogger(__name__)
@@ -77,6 +84,10 @@ class MethodRun:
     failed: int = 0
     skipped: int = 0
     rescored: int = 0
+    # Samples redone because their record was made from input files that have changed since, or
+    # because their stored outputs were missing or differed from the sha256 in their record.
+    redone_changed_inputs: int = 0
+    redone_damaged: int = 0
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -213,9 +224,13 @@ class Runner:
             run_dir, config_hash = run_directory(cfg, labels, label)
             self.runs.append(MethodRun(label, instantiate(mcfg), RunStore(run_dir), config_hash))
         self.backbone = None
+        # sample id -> the sha256 of its input files as the manifest now gives them (see _inputs_changed)
+        self._expected_inputs: dict[str, dict | None] = {}
 
     # -- set-up ------------------------------------------------------------------------------------
     def _prepare(self) -> None:
+        # Before anything slow: a results directory that cannot be written stops the job (exit 101).
+        check_writable_directory(Path(self.cfg.paths.results_dir))
         if any(run.method.uses_backbone for run in self.runs):
             log.info("loading backbone %s", self.labels.backbone)
             self.backbone = instantiate(self.cfg.backbone)
@@ -234,11 +249,12 @@ class Runner:
 
     def _write_run_files(self, run: MethodRun) -> None:
         store = run.store
+        store.remove_stale_temporaries()  # of writes killed in an earlier invocation
         run_config = self._run_config(run.label)
         store.write_text("config.yaml", OmegaConf.to_yaml(run_config, resolve=True))
         # One file per metric (no read-modify-write of a shared file); metrics.json is their merge.
         for name, metric in {**self.metrics, **self.set_metrics}.items():
-            atomic_write_json(store.run_dir / "metric_info" / f"{name}.json", {
+            store.write_json(f"metric_info/{name}.json", {
                 **metric.describe(),
                 "config": _container(self.cfg.metrics[name]),
                 "config_hash": self.metric_hashes[name],
@@ -258,7 +274,7 @@ class Runner:
             "versions": provenance.package_versions(),
             "device": provenance.device_info(),
             "seeds": {"global": self.cfg.seed, "per_sample": "sha256('{seed}:{sample_id}')[:8] & 0x7fffffff"},
-            "data": self.dataset.provenance(),
+            "data": self._data_provenance(store),
             "backbone_weights": self.backbone.provenance if uses_backbone else None,
             "sharding": "shard_of(id) = int(sha256(id)) % shard.count, after dataset.limit",
         }
@@ -266,19 +282,53 @@ class Runner:
             "start": provenance.now(), "end": None, "host": socket.gethostname(), "pid": os.getpid(),
             "shard": {"index": self.shard_index, "count": self.shard_count, "n_samples": len(self.sample_ids)},
             "overrides": list(self.labels.overrides),
+            "manifest_sha256": self.dataset.provenance().get("manifest_sha256"),
         }
         inv_dir = store.run_dir / "invocations"
         if not inv_dir.is_dir():  # a run directory from before sharding: move its inline history out
             for i, old in enumerate(store.read_json("provenance.json").get("invocations", [])):
-                atomic_write_json(inv_dir / f"legacy-{i:04d}.json", old)
+                store.write_json(f"invocations/legacy-{i:04d}.json", old)
         self._write_invocation(run)
         store.write_json("provenance.json", {**prov, "invocations": read_invocations(store.run_dir)})
         if self.logger is not None:
             self.logger.start_run(run.label, store.run_dir, OmegaConf.to_container(run_config))
 
     def _write_invocation(self, run: MethodRun) -> None:
-        path = run.store.run_dir / "invocations" / f"{self.invocation_name}.json"
-        atomic_write_json(path, self._invocation[run.label])
+        run.store.write_json(f"invocations/{self.invocation_name}.json", self._invocation[run.label])
+
+    def _data_provenance(self, store: RunStore) -> dict:
+        """The dataset's provenance for provenance.json, claiming a new manifest only once the records are.
+
+        Each record holds the sha256 of the inputs it was made from. When the manifest changed since
+        the run's provenance was written, records made from the earlier inputs are redone one by one;
+        until none is left (`_settle_data_provenance`) "manifest_sha256" keeps the earlier manifest
+        and "manifest_sha256_pending" names the current one.
+        """
+        data = self.dataset.provenance()
+        current = data.get("manifest_sha256")
+        previous = store.read_json("provenance.json").get("data") or {}
+        earlier = previous.get("manifest_sha256")
+        if earlier is not None and current is not None and (earlier != current or "manifest_sha256_pending" in previous):
+            data = {**data, "manifest_sha256": earlier, "manifest_sha256_pending": current}
+        return data
+
+    def _settle_data_provenance(self, run: MethodRun) -> None:
+        """Claim the current manifest in provenance.json once no ok record of the run comes from other inputs."""
+        prov = run.store.read_json("provenance.json")
+        data = prov.get("data") or {}
+        if "manifest_sha256_pending" not in data:
+            return
+        manifest = getattr(self.dataset, "manifest", None)
+        known = set(manifest.sample_ids if manifest is not None else self.dataset.sample_ids)
+        earlier = [r["sample_id"] for r in run.store.records()
+                   if r.get("status") == "ok" and r.get("sample_id") in known and self._inputs_changed(r)]
+        if earlier:
+            log.info("%s: %d record(s) still come from earlier input files (not redone yet: other shards, "
+                     "dataset.limit?); provenance.json keeps the earlier manifest hash", run.label, len(earlier))
+            return
+        data["manifest_sha256"] = data.pop("manifest_sha256_pending")
+        prov["data"] = data
+        run.store.write_json("provenance.json", prov)
 
     def _run_config(self, label: str) -> DictConfig:
         """The job config narrowed to this run's method."""
@@ -303,15 +353,39 @@ class Runner:
         return JobResult(self.runs)
 
     def _pending_work(self, run: MethodRun, sample_id: str) -> tuple[str, list[str]]:
-        """("run", all metrics) / ("rescore", missing metrics) / ("skip", [])."""
-        record = run.store.read_record(sample_id)
-        if record is None or (record["status"] == "failed" and self.cfg.runner.retry_failed):
+        """("run", all metrics) / ("rescore", missing metrics) / ("skip", []).
+
+        A record counts only if it can be trusted: its stored outputs hash to the sha256 it holds
+        (`RunStore.check_record`) and it was made from the input files the manifest now gives.
+        """
+        check = run.store.check_record(sample_id)
+        record = check.record
+        if record is None:
+            run.redone_damaged += check.problem == "outputs"
             return "run", list(self.metrics)
         if record["status"] == "failed":
-            return "skip", []
+            return ("run", list(self.metrics)) if self.cfg.runner.retry_failed else ("skip", [])
+        if self._inputs_changed(record):
+            log.info("%s / %s: its record was made from input files that have changed since: redoing it",
+                     run.label, sample_id)
+            run.redone_changed_inputs += 1
+            return "run", list(self.metrics)
         stored = record.get("metric_config", {})
         missing = [name for name in self.metrics if stored.get(name) != self.metric_hashes[name]]
         return ("rescore", missing) if missing else ("skip", [])
+
+    def _inputs_changed(self, record: dict) -> bool:
+        """Whether a record was made from other input files than the ones the manifest gives now
+        (their sha256 differ; `ManifestDataset.input_sha256`, kept for the invocation)."""
+        sample_id = record["sample_id"]
+        if sample_id not in self._expected_inputs:
+            expected_of = getattr(self.dataset, "input_sha256", None)
+            try:
+                self._expected_inputs[sample_id] = expected_of(sample_id) if expected_of is not None else None
+            except Exception as e:  # noqa: BLE001 - an input that cannot be found now: redo, loading says why
+                self._expected_inputs[sample_id] = {"unavailable": f"{type(e).__name__}: {e}"}
+        expected = self._expected_inputs[sample_id]
+        return expected is not None and record.get("inputs") != expected
 
     def _process_group(self, sample_ids: list[str], bar: tqdm) -> None:
         """Up to `runner.batch_size` samples: load each once, then each method on those it still needs.
@@ -403,8 +477,14 @@ class Runner:
         timings["metrics_s"] = round(time.perf_counter() - start, 4)
         # A video's record also names its first frame as "image" (loggers and set-level metrics read it).
         image = media[0] if sample.is_video else media
-        video_fields = run.store.save_video(sample.sample_id, media) if sample.is_video else {}
-        image_path, image_sha = run.store.save_image(sample.sample_id, image)
+        try:
+            video_fields = run.store.save_video(sample.sample_id, media) if sample.is_video else {}
+            image_path, image_sha = run.store.save_image(sample.sample_id, image)
+        except ResultsNotWritable:
+            raise  # the whole run directory: the job stops
+        except Exception as e:  # noqa: BLE001 - a write of this sample's files failed: this sample only
+            self._write_failure(run, sample.sample_id, seed, _error_entry("store", e), sample.input_sha256)
+            return
         record = {
             "sample_id": sample.sample_id,
             "method": run.label,
@@ -420,14 +500,33 @@ class Runner:
             "diagnostics": output.diagnostics,
             "timings": timings,
         }
-        run.store.write_record(record)
+        try:
+            run.store.write_record(record)
+        except ResultsNotWritable:
+            raise
+        except Exception as e:  # noqa: BLE001 - e.g. a record that cannot be serialised: this sample only
+            self._write_failure(run, sample.sample_id, seed, _error_entry("store", e), sample.input_sha256)
+            return
         run.ok += 1
         if self.logger is not None:
             self.logger.log_sample(run.label, record, image)
 
     def _rescore(self, run: MethodRun, sample: Sample, metric_names: list[str]) -> None:
-        record = run.store.read_record(sample.sample_id)
-        media = run.store.load_frames(record) if "frames" in record else run.store.load_image(record)
+        """Score a stored output with `metric_names` and update its record. Every read and write is
+        this sample's own: a stored output that broke since it was checked fails this sample (a
+        failed record, redone by the next run), a metric error or a write error leaves its record
+        as it was; the job goes on."""
+        try:
+            record = run.store.read_record(sample.sample_id)
+            if record is None or record.get("status") != "ok":
+                raise StoredFileError("its record or stored output changed while the job ran")
+            media = run.store.load_frames(record) if "frames" in record else run.store.load_image(record)
+        except ResultsNotWritable:
+            raise
+        except Exception as e:  # noqa: BLE001 - this sample's stored files only
+            self._write_failure(run, sample.sample_id, sample_seed(self.cfg.seed, sample.sample_id),
+                                _error_entry("rescore", e), sample.input_sha256)
+            return
         try:
             values = self._score(media, sample, metric_names)
         except Exception as e:  # noqa: BLE001
@@ -436,7 +535,14 @@ class Runner:
             return
         record["metrics"].update(values)
         record.setdefault("metric_config", {}).update({n: self.metric_hashes[n] for n in values})
-        run.store.write_record(record)
+        try:
+            run.store.write_record(record)
+        except ResultsNotWritable:
+            raise
+        except Exception as e:  # noqa: BLE001
+            run.errors.append(f"{sample.sample_id}: re-scored record not written: {e}")
+            log.warning("re-scoring %s/%s: the record could not be written: %s", run.label, sample.sample_id, e)
+            return
         run.rescored += 1
 
     def _score(self, media: torch.Tensor, sample: Sample, names: list[str]) -> dict[str, float]:
@@ -471,7 +577,13 @@ class Runner:
             "inputs": inputs,
             "metrics": {},
         }
-        run.store.write_record(record)
+        try:
+            run.store.write_record(record)
+        except ResultsNotWritable:
+            raise
+        except Exception as e:  # noqa: BLE001 - counted and logged as failed all the same
+            log.error("%s / %s: its failure record could not be written (%s: %s)", run.label, sample_id,
+                      type(e).__name__, e)
         run.failed += 1
         run.errors.append(f"{sample_id}: {error['stage']}: {error['type']}: {error['message']}")
         log.warning("%s / %s failed at %s: %s: %s", run.label, sample_id, error["stage"], error["type"],
@@ -515,7 +627,7 @@ class Runner:
 
     def _complete(self, run: MethodRun) -> bool:
         """Whether every sample of the unsharded dataset (after `dataset.limit`) has a record."""
-        missing = [sid for sid in self.dataset.sample_ids if run.store.read_record(sid) is None]
+        missing = [sid for sid in self.dataset.sample_ids if run.store.read_record(sid, verify=False) is None]
         if missing:
             log.info("%s: %d sample(s) of the dataset have no record yet (other shards?): set-level "
                      "metrics skipped; the job that completes the run computes them", run.label, len(missing))
@@ -525,14 +637,25 @@ class Runner:
         for run in self.runs:
             if self.set_metrics and self._complete(run):
                 self._score_sets(run)
+            self._report_redone(run)
             self._invocation[run.label].update(
                 {"end": provenance.now(), "ok": run.ok, "failed": run.failed, "skipped": run.skipped,
-                 "rescored": run.rescored}
+                 "rescored": run.rescored, "redone_changed_inputs": run.redone_changed_inputs,
+                 "redone_damaged": run.redone_damaged}
             )
             self._write_invocation(run)
             prov = run.store.read_json("provenance.json")
             prov["invocations"] = read_invocations(run.store.run_dir)
             run.store.write_json("provenance.json", prov)
+            self._settle_data_provenance(run)
             if self.logger is not None:
                 self.logger.finish_run(run.label, run.store.records())
 
+    def _report_redone(self, run: MethodRun) -> None:
+        """Say how many stored results were not trusted (and so redone) in this invocation."""
+        if run.redone_changed_inputs:
+            log.warning("%s: %d sample(s) redone: their records were made from input files that have changed "
+                        "since (sha256 differ from the manifest's)", run.label, run.redone_changed_inputs)
+        if run.redone_damaged:
+            log.warning("%s: %d sample(s) redone: their stored outputs were missing or differed from the sha256 "
+                        "in their records", run.label, run.redone_damaged)

@@ -51,6 +51,10 @@ class ManifestDataset:
     def load_sample(self, sample_id: str) -> Sample:
         return self.manifest.load_sample(sample_id, self.resolution, min_frames=self.min_frames)
 
+    def input_sha256(self, sample_id: str) -> dict[str, str]:
+        """The sha256 of each input file of a sample as the manifest now gives it (`Manifest.input_sha256`)."""
+        return self.manifest.input_sha256(sample_id)
+
     def provenance(self) -> dict:
         return {
             "manifest": str(self.manifest.path),

@@ -89,6 +89,7 @@ class Manifest:
         self.sha256 = sha256
         self.columns = columns
         self._rows = rows
+        self._file_hashes: dict[tuple[str, int, int], str] = {}
 
     @classmethod
     def load(cls, path: str | PathLike[str], root: str | PathLike[str] | None = None) -> Manifest:
@@ -230,6 +231,51 @@ class Manifest:
             frames=frames,
             reference_frames=reference_frames,
         )
+
+    def input_sha256(self, sample_id: str) -> dict[str, str]:
+        """What `load_sample(sample_id).input_sha256` holds when the sample loads, without decoding
+        anything: the manifest's hash of each input file, else the file's own (hashed once per file
+        version and kept). The runner compares it with a stored record's inputs, so that a record
+        made from files that have changed since is redone.
+
+        Raises `SampleError` (or OSError) when a file cannot be found; loading the sample then fails
+        with the full reason.
+        """
+        row = self._row(sample_id)
+        if row["content"] is None:
+            raise SampleError(f"sample {sample_id}: the manifest row has no content path.")
+
+        def hashes_of(paths_column: str, hashes_column: str) -> list[str]:
+            paths, declared = _split(row.get(paths_column)), _split(row.get(hashes_column))
+            if declared and len(declared) != len(paths):
+                raise SampleError(f"sample {sample_id}: {len(paths)} {paths_column} file(s) but {len(declared)} "
+                                  f"{hashes_column} value(s)")
+            return [declared[i].lower() if declared else self._file_sha256(self.resolve(relative))
+                    for i, relative in enumerate(paths)]
+
+        hashes = {"content": hashes_of("content", "content_sha256")[0]}
+        references = hashes_of("reference", "reference_sha256")
+        keys = reference_keys(len(references))
+        hashes.update(zip(keys, references, strict=True))
+        if row.get("content_mask"):
+            hashes["content_mask"] = hashes_of("content_mask", "content_mask_sha256")[0]
+        if row.get("reference_mask"):
+            masks = hashes_of("reference_mask", "reference_mask_sha256")
+            if len(masks) != len(keys):
+                raise SampleError(f"sample {sample_id}: {len(keys)} reference file(s) but {len(masks)} masks")
+            hashes.update({f"{key}_mask": value for key, value in zip(keys, masks, strict=True)})
+        for column in ("frames", "reference_frames"):
+            if row.get(column) is not None:
+                hashes[column] = clip_sha256(hashes_of(column, f"{column}_sha256"))
+        return hashes
+
+    def _file_sha256(self, path: Path) -> str:
+        """sha256 of an input file, computed once per (path, size, modification time)."""
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in self._file_hashes:
+            self._file_hashes[key] = sha256_file(path)
+        return self._file_hashes[key]
 
     def _load_frames(
         self, sample_id: str, row: Mapping[str, Any], resolution: int, min_frames: int, column: str = "frames"

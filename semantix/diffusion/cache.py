@@ -4,7 +4,13 @@ An entry is addressed by the hash of a key dict that must name everything that c
 result: backbone id, revision and weights, image sha256, resolution, inversion settings, prompt,
 seed, dtype. Each entry is a `torch.save` payload plus a JSON sidecar with the key and the payload's
 sha256; an entry whose file is missing, truncated, altered or unreadable is recomputed and
-rewritten, never trusted. Writes are atomic, so concurrent jobs at worst compute an entry twice.
+rewritten, never trusted, and payloads are read with `torch.load(weights_only=True)`: a planted
+pickle is refused, never executed. Writes are atomic, so concurrent jobs at worst compute an entry twice.
+
+A cache that cannot be written (read-only, full, no permission) is not an error: the first failed
+write logs one warning naming the cache folder, and from then on this process computes without
+caching into that folder (entries already there are still read). The temporary files of writes
+killed mid-way are removed the first time a process opens the cache folder.
 """
 
 from __future__ import annotations
@@ -19,9 +25,14 @@ from typing import Any
 
 import torch
 
-from semantix.store import atomic_write_bytes, atomic_write_json, stable_hash
+from semantix.store import atomic_write_bytes, atomic_write_json, remove_stale_temporaries, stable_hash
 
 log = logging.getLogger(__name__)
+
+# Cache folders of this process: swept of stale temporary files once, and those found unwritable
+# (warned about once, then read only).
+_swept_roots: set[str] = set()
+_unwritable_roots: set[str] = set()
 
 # Storage dtypes a method may choose for the features it caches (`feature_dtype` in its config).
 FEATURE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -41,6 +52,16 @@ class TensorCache:
         self.hits = 0
         self.misses = 0
         self.corrupt = 0
+        self.write_failures = 0
+        if self.enabled and str(self.root) not in _swept_roots:
+            _swept_roots.add(str(self.root))
+            if self.root.is_dir():
+                remove_stale_temporaries(self.root)
+
+    @property
+    def writable(self) -> bool:
+        """False once a write into this cache folder failed in this process (it is then read only)."""
+        return str(self.root) not in _unwritable_roots
 
     def _paths(self, key: dict) -> tuple[Path, Path]:
         digest = stable_hash(key, length=40)
@@ -68,16 +89,32 @@ class TensorCache:
             return None
 
     def save(self, key: dict, payload: Any) -> None:
-        if not self.enabled:
+        """Store an entry; a write that fails (full, read-only, no permission) turns writing off (see
+        the module docstring) instead of failing the caller, who has the result already."""
+        if not self.enabled or not self.writable:
             return
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         data = buffer.getvalue()
         payload_path, meta_path = self._paths(key)
-        atomic_write_bytes(payload_path, data)
-        # The sidecar goes last: an entry counts only once its payload is complete.
-        atomic_write_json(meta_path, {"key": key, "sha256": hashlib.sha256(data).hexdigest(),
-                                      "bytes": len(data)})
+        try:
+            atomic_write_bytes(payload_path, data)
+            # The sidecar goes last: an entry counts only once its payload is complete.
+            atomic_write_json(meta_path, {"key": key, "sha256": hashlib.sha256(data).hexdigest(),
+                                          "bytes": len(data)})
+        except OSError as e:
+            self.write_failures += 1
+            if not meta_path.is_file():  # a payload without its sidecar is never read: free its space
+                try:
+                    payload_path.unlink(missing_ok=True)
+                except OSError:
+                    pass
+            if self.writable:
+                _unwritable_roots.add(str(self.root))
+                log.warning("the cache folder %s cannot be written (%s: %s); continuing without caching into it "
+                            "(results are unchanged, only not reused; entries already there are still read). "
+                            "Free space or set paths.cache_dir (or SEMANTIX_CACHE) to a writable folder.",
+                            self.root, type(e).__name__, e.strerror or e)
 
     def get_or_compute(self, key: dict, compute: Callable[[], Any]) -> Any:
         payload = self.load(key)
