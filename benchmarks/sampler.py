@@ -127,8 +127,8 @@ def bench_backbone(backbone, steps: int, sweep: int, repeats: int) -> dict:
         plain_peak = p.peak_gib
         cold = method(cache_inversions=False)
         with Phase(device) as p:
-            context = cold._invert(sample.content, None, sample.prompt or "", repeat, "context")
-            reference = cold._invert(sample.reference, None, "", repeat, "reference_0")
+            context = cold.invert(sample.content, None, sample.prompt or "", repeat, "context")
+            reference = cold.invert(sample.reference, None, "", repeat, "reference_0")
         cold_inversion.append(p.seconds)
         with Phase(device) as p:
             cold.sample([context], [[reference]], cond)
@@ -137,9 +137,9 @@ def bench_backbone(backbone, steps: int, sweep: int, repeats: int) -> dict:
         generator_for_pair = torch.Generator().manual_seed(100 + repeat)
         semantix(sample, generator_for_pair)  # fills the cache for this seed
         with Phase(device) as p:
-            warm_context = semantix._invert(sample.content, sample.input_sha256["content"], sample.prompt or "",
+            warm_context = semantix.invert(sample.content, sample.input_sha256["content"], sample.prompt or "",
                                             100 + repeat, "context")
-            warm_reference = semantix._invert(sample.reference, sample.input_sha256["reference"], "",
+            warm_reference = semantix.invert(sample.reference, sample.input_sha256["reference"], "",
                                               100 + repeat, "reference_0")
             semantix.sample([warm_context], [[warm_reference]], cond)
         warm_total.append(p.seconds)

@@ -26,6 +26,7 @@ from semantix.diffusion import (
     gather_matched,
     invert,
     masked_adain,
+    match_displacement,
     match_features,
     mean_std,
     nearest_neighbours,
@@ -318,8 +319,9 @@ def test_energy_through_unet_features_descends(tiny_unet, text_embs):
 
     x = x_out.clone().requires_grad_(True)
     e0 = energy(x)
-    grad, per_term = clamped_energy_gradient({"spatial": e0}, x, limit=1.0)
-    assert per_term["spatial"].abs().max() <= 1.0 and torch.isfinite(grad).all()
+    gradients = clamped_energy_gradient({"spatial": e0}, x, limit=1.0)
+    grad = gradients.total
+    assert gradients.per_term["spatial"].abs().max() <= 1.0 and torch.isfinite(grad).all()
     with torch.no_grad():
         e1 = energy(x - 0.5 * grad / grad.abs().max())
     assert e1 < e0.detach()
@@ -372,25 +374,59 @@ def test_positional_encoding_2d():
         positional_encoding_2d(4, 4, 30)
 
 
-def test_augment_with_pe_shapes_and_norm():
+def test_augment_with_pe_concat_form_is_unit_norm():
     f = torch.randn(2, 32, 5, 7)
-    a = augment_with_pe(f, 3.0, pe_dim=64)
+    a = augment_with_pe(f, 3.0, pe_dim=64, pe_form="concat")
     assert a.shape == (2, 35, 96)
     torch.testing.assert_close(a.norm(dim=-1), torch.ones(2, 35))
     assert augment_with_pe(f[0], 3.0, pe_dim=None).shape == (35, 64)
-    # lambda_pe = 0: plain normalised features, zero-padded
-    a0 = augment_with_pe(f[0], 0.0)
-    torch.testing.assert_close(a0[:, :32], torch.nn.functional.normalize(flatten_locations(f[0]), dim=-1))
-    assert a0[:, 32:].abs().max() == 0
+    # lambda_pe = 0: plain normalised features, zero-padded (both forms)
+    for form in ("prior", "concat"):
+        a0 = augment_with_pe(f[0], 0.0, pe_form=form)
+        torch.testing.assert_close(a0[:, :32], torch.nn.functional.normalize(flatten_locations(f[0]), dim=-1))
+        assert a0[:, 32:].abs().max() == 0
+    with pytest.raises(ValueError, match="pe_form"):
+        augment_with_pe(f, 3.0, pe_form="sum")
+
+
+def test_prior_form_score_is_cosine_plus_weighted_kernel():
+    """Brute force: score(p, q) = cos(F_p, F_q) + lambda_pe * unit * <P_p, P_q>, and the concat form's
+    (cos + lambda^2 <P_p, P_q>) / (1 + lambda^2)."""
+    g = torch.Generator().manual_seed(5)
+    fq, fr = torch.randn(16, 4, 5, generator=g), torch.randn(16, 3, 6, generator=g)
+    pq, pr = positional_encoding_2d(4, 5, 64), positional_encoding_2d(3, 6, 64)
+    for lam, unit in ((3.0, 0.01), (1.5, 0.2)):
+        score = augment_with_pe(fq, lam, pe_prior_unit=unit) @ augment_with_pe(fr, lam, pe_prior_unit=unit).T
+        concat = augment_with_pe(fq, lam, pe_form="concat") @ augment_with_pe(fr, lam, pe_form="concat").T
+        for p in range(20):
+            for q in range(18):
+                f_p, f_q = fq.flatten(1)[:, p], fr.flatten(1)[:, q]
+                cos = float(f_p @ f_q / (f_p.norm() * f_q.norm()))
+                kernel = float(pq.flatten(1)[:, p] @ pr.flatten(1)[:, q])
+                assert float(score[p, q]) == pytest.approx(cos + lam * unit * kernel, abs=1e-5)
+                assert float(concat[p, q]) == pytest.approx((cos + lam**2 * kernel) / (1 + lam**2), abs=1e-5)
+
+
+def test_match_displacement_in_query_cells():
+    # Query 4x6; reference 0 is 4x6 (same grid), reference 1 is 7x11 (twice as fine, same [0, 1] span).
+    indices = torch.tensor([0, 24 + 0, 5, 24 + 10, 24 + 76, 13])
+    distance = match_displacement(torch.cat([indices, torch.zeros(18, dtype=torch.long)]), (4, 6), [(4, 6), (7, 11)])
+    # query 0 (0,0) -> ref0 (0,0): 0; query 1 (0,1) -> ref1 (0,0): 1; query 2 (0,2) -> ref0 (0,5): 3;
+    # query 3 (0,3) -> ref1 (0,10) = query grid (0,5): 2; query 4 (0,4) -> ref1 (6,10) = (3,5): 3;
+    # query 5 (0,5) -> ref0 (2,1): max(2, 4) = 4
+    assert distance[:6].tolist() == [0.0, 1.0, 3.0, 2.0, 3.0, 4.0]
+    brute = [max(abs(p // 6), abs(p % 6)) for p in range(6, 24)]  # the rest matched ref0 (0, 0)
+    assert distance[6:].tolist() == [float(b) for b in brute]
 
 
 def test_pe_makes_matches_spatially_coherent():
     h, w, C = 9, 11, 32
     flat = torch.ones(C, h, w)  # identical features everywhere
-    idx, _ = match_features(flat, flat, lambda_pe=3.0, chunk_size=16)
-    assert torch.equal(idx, torch.arange(h * w))
-    idx_small, _ = match_features(flat, flat, lambda_pe=0.1, pe_dim=None)
-    assert torch.equal(idx_small, torch.arange(h * w))
+    for form in ("prior", "concat"):
+        idx, _ = match_features(flat, flat, lambda_pe=3.0, chunk_size=16, pe_form=form)
+        assert torch.equal(idx, torch.arange(h * w))
+        idx_small, _ = match_features(flat, flat, lambda_pe=0.1, pe_dim=None, pe_form=form)
+        assert torch.equal(idx_small, torch.arange(h * w))
     idx_none, _ = match_features(flat, flat, lambda_pe=0.0)  # without PE: all ties, no coherence
     assert not torch.equal(idx_none, torch.arange(h * w))
 
@@ -399,9 +435,12 @@ def test_multi_reference_matching():
     g = torch.Generator().manual_seed(3)
     ctx = torch.randn(16, 6, 6, generator=g)
     other = torch.randn(16, 4, 5, generator=g)
-    idx, score = match_features(ctx, [other, ctx], lambda_pe=3.0, pe_dim=32, chunk_size=7)
+    idx, score = match_features(ctx, [other, ctx], lambda_pe=3.0, pe_dim=32, chunk_size=7, pe_form="concat")
     assert torch.equal(idx, torch.arange(36) + 20)  # each location finds itself in the 2nd reference
     torch.testing.assert_close(score, torch.ones(36))
+    idx, score = match_features(ctx, [other, ctx], lambda_pe=3.0, pe_dim=32, chunk_size=7)
+    assert torch.equal(idx, torch.arange(36) + 20)
+    torch.testing.assert_close(score, torch.full((36,), 1.03))  # cos 1 + the prior's 3 x 0.01 at zero shift
     keys = torch.cat([flatten_locations(other), flatten_locations(ctx)], dim=0)
     torch.testing.assert_close(gather_matched(keys, idx, (6, 6)), ctx)
 
@@ -542,11 +581,20 @@ def test_gather_matched_and_clamp():
     assert torch.equal(clamp_grad(gr, None), gr)
 
 
-def test_clamped_energy_gradient_per_term():
+@pytest.mark.parametrize("batched", [True, False])
+def test_clamped_energy_gradient_per_term(batched):
     x = torch.randn(3, 4, requires_grad=True)
     terms = {"a": 10.0 * (x**2).sum(), "b": (x * 0.1).sum(), "c": torch.tensor(2.0)}
-    total, per = clamped_energy_gradient(terms, x, limit=1.0)
+    gradients = clamped_energy_gradient(terms, x, limit=1.0, batched=batched)
+    per = gradients.per_term
     torch.testing.assert_close(per["a"], (20.0 * x.detach()).clamp(-1, 1))
     torch.testing.assert_close(per["b"], torch.full((3, 4), 0.1))
     assert torch.equal(per["c"], torch.zeros(3, 4))
-    torch.testing.assert_close(total, per["a"] + per["b"])
+    torch.testing.assert_close(gradients.total, per["a"] + per["b"])
+    # Per-sample (per row) diagnostics of the raw gradients: the largest |g| and the share at the clamp.
+    raw_a = 20.0 * x.detach()
+    torch.testing.assert_close(gradients.max_abs["a"], raw_a.abs().amax(dim=1))
+    torch.testing.assert_close(gradients.clamped_fraction["a"], (raw_a.abs() >= 1).float().mean(dim=1))
+    torch.testing.assert_close(gradients.max_abs["b"], torch.full((3,), 0.1))
+    assert gradients.clamped_fraction["b"].tolist() == [0.0] * 3
+    assert gradients.max_abs["c"].tolist() == [0.0] * 3

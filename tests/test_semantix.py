@@ -27,8 +27,8 @@ def make(backbone, tmp_path):
 
 def branches(method, sample, seed=1):
     cond = method.backbone.encode_prompt([sample.prompt or ""])
-    context = method._invert(sample.content, sample.input_sha256["content"], sample.prompt or "", seed, "context")
-    reference = method._invert(sample.reference, sample.input_sha256["reference"], "", seed, "reference_0")
+    context = method.invert(sample.content, sample.input_sha256["content"], sample.prompt or "", seed, "context")
+    reference = method.invert(sample.reference, sample.input_sha256["reference"], "", seed, "reference_0")
     return cond, context, reference
 
 
@@ -81,7 +81,11 @@ def test_energies_vanish_where_output_equals_context(make, demo):
     assert diagnostics["energy_spatial"][0] == pytest.approx(0.0, abs=1e-5)
     assert diagnostics["energy_reg"][0] == pytest.approx(0.0, abs=1e-5)
     assert diagnostics["energy_style"][0] > 0.01
-    assert set(diagnostics) == {"energy_style", "energy_spatial", "energy_reg", "grad_norm"}
+    terms = ("style", "spatial", "reg")
+    blocks = method.feature_blocks
+    assert set(diagnostics) == {"grad_norm", "guidance_ratio",
+                                *(f"{kind}_{term}" for kind in ("energy", "grad_max", "clamp_fraction") for term in terms),
+                                *(f"match_{kind}_{block}" for kind in ("median", "p90", "local") for block in blocks)}
     assert all(len(v) == STEPS for v in diagnostics.values())
 
 
@@ -95,7 +99,7 @@ def test_one_guided_step_lowers_the_energy(make, demo):
     def total_energy(latent):
         with torch.no_grad(), capture_block_outputs(method.unet, method.feature_blocks) as feats:
             method._eps_fn(cond).predict(latent, t, cond)
-        terms = method._energies({b: f.float() for b, f in feats.items()}, [context.features[k]],
+        terms, _ = method._energies({b: f.float() for b, f in feats.items()}, [context.features[k]],
                                  [[reference.features[k]]])
         return sum(method.gammas[name] * value.sum() for name, value in terms.items())
 
@@ -178,3 +182,34 @@ def test_ablation_experiment_runs_every_variant_sharing_inversions(tmp_path):
     assert all(len(r["diagnostics"]["energy_style"]) == 3 for r in records.values() if r["method"] != "semantix_no_style")
     # One context and one reference inversion for all seven variants.
     assert len(list((tmp_path / "cache").rglob("*.pt"))) == 2
+
+
+def test_inversion_cache_key_covers_the_scheduler(make, demo, backbone, monkeypatch, tmp_path):
+    import dataclasses
+
+    sample = first(demo)
+    calls = []
+    original = semantix_module.invert
+    monkeypatch.setattr(semantix_module, "invert", lambda *a, **k: calls.append(1) or original(*a, **k))
+    make().invert(sample.content, sample.input_sha256["content"], "", 1, "context")
+    make().invert(sample.content, sample.input_sha256["content"], "", 1, "context")
+    assert len(calls) == 1  # the second came from the cache
+    other = dataclasses.replace(backbone, scheduler_config={**backbone.scheduler_config, "beta_end": 0.02})
+    method = Semantix(num_steps=STEPS)
+    method.prepare(other, tmp_path / "cache")
+    method.invert(sample.content, sample.input_sha256["content"], "", 1, "context")
+    assert len(calls) == 2  # another schedule is another inversion
+
+
+def test_sample_refuses_inversions_of_another_schedule(make, demo):
+    cond, context, reference = branches(make(), first(demo))
+    with pytest.raises(ValueError, match="timesteps"):
+        make(num_steps=STEPS - 2).sample([context], [[reference]], cond)
+
+
+def test_inversion_key_of_a_sample_without_hash_reads_the_pixels_off_the_device(make, demo):
+    # A hand-built sample has no sha256: the key hashes its pixels, whatever tensor they come in
+    # (on CUDA, or carrying a graph, `.numpy()` alone would raise).
+    image = first(demo).content.clone().requires_grad_(True)
+    inversion = make().invert(image, None, "", 1, "context")
+    assert len(inversion) == STEPS

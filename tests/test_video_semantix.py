@@ -162,8 +162,8 @@ def test_missing_motion_adapter_names_the_config_key(tmp_path):
 # -- video Semantix ------------------------------------------------------------------------------------
 def branches(method, sample, seed=1):
     cond = method.backbone.encode_prompt([""])
-    context = method._invert(sample.frames, sample.input_sha256["frames"], "", seed, "context")
-    reference = method._invert(sample.reference, sample.input_sha256["reference"], "", seed, "reference_0")
+    context = method.invert(sample.frames, sample.input_sha256["frames"], "", seed, "context")
+    reference = method.invert(sample.reference, sample.input_sha256["reference"], "", seed, "reference_0")
     return cond, context, reference
 
 
@@ -248,8 +248,8 @@ def test_a_reference_video_is_inverted_as_a_clip_and_every_frame_is_matched(make
                                  input_sha256={**clip.input_sha256, "reference_frames": "rv"})
     method = make(adain_start_step=2)
     inverted = []
-    original = method._invert
-    method._invert = lambda image, *args: inverted.append(image.shape) or original(image, *args)
+    original = method.invert
+    method.invert = lambda image, *args: inverted.append(image.shape) or original(image, *args)
     with_video = method(sample, torch.Generator().manual_seed(1))
     assert (3, 3, 64, 64) in inverted and (3, 64, 64) not in inverted
     with_image = method(clip, torch.Generator().manual_seed(1))

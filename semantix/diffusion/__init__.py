@@ -17,6 +17,7 @@ from .ddpm import (
     split_eps_output,
 )
 from .energy import (
+    TermGradients,
     clamp_grad,
     clamped_energy_gradient,
     gather_matched,
@@ -30,6 +31,7 @@ from .matching import (
     augment_with_pe,
     cosine_correspondence,
     flatten_locations,
+    match_displacement,
     match_features,
     nearest_neighbours,
     positional_encoding_2d,
@@ -39,6 +41,7 @@ __all__ = [
     "DDPMStepper",
     "EpsFn",
     "Inversion",
+    "TermGradients",
     "UNetEpsFn",
     "adain",
     "augment_with_pe",
@@ -53,6 +56,7 @@ __all__ = [
     "gather_matched",
     "invert",
     "masked_adain",
+    "match_displacement",
     "match_features",
     "mean_std",
     "nearest_neighbours",

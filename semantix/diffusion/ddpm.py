@@ -199,6 +199,12 @@ class DDPMStepper:
         """``sqrt(1 - abar_t)`` of step ``i`` (scale of classifier guidance on eps)."""
         return self._coef[i][1]
 
+    def eps_coefficient(self, i: int) -> float:
+        """How far a unit change of ``eps`` moves ``x_{t-1}`` at step ``i``: ``-d mu_t / d eps``,
+        ``c0 sqrt(1 - abar_t) / sqrt(abar_t)``."""
+        s_a, s_1ma, c0, _, _ = self._coef[i]
+        return c0 * s_1ma / s_a
+
     def predict_x0(self, x_t: Tensor, eps: Tensor, i: int) -> Tensor:
         """``x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (DDPM Eq. (15))."""
         s_a, s_1ma, *_ = self._coef[i]

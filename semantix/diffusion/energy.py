@@ -10,12 +10,14 @@ axis), and the mean runs over every location and every leading index. They are d
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "clamp_grad",
+    "TermGradients",
     "clamped_energy_gradient",
     "gather_matched",
     "semantic_distance_energy",
@@ -98,23 +100,54 @@ def clamp_grad(g: torch.Tensor, limit: float | None = 1.0) -> torch.Tensor:
     return g if limit is None else g.clamp(-limit, limit)
 
 
-def clamped_energy_gradient(
-    terms: Mapping[str, torch.Tensor], x: torch.Tensor, limit: float | None = 1.0
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``g = sum_k clamp(d E_k / d x)``: per-term gradients, each clamped, then summed (spec Sec. 2, step 3).
+@dataclass
+class TermGradients:
+    """Per-term guidance gradients ``g_k = clamp(d E_k / d x)`` and what the clamp did to them.
 
-    ``terms``: the already weighted scalar energies ``gamma_k E_k`` (graphs reaching ``x``).
-    Returns the detached total and the detached clamped per-term gradients (a term that does not
-    depend on ``x`` contributes zeros). Frees the graph after the last term.
+    ``total`` is ``sum_k g_k`` and ``per_term[k]`` the clamped ``g_k`` (both detached, shaped like
+    ``x``). ``max_abs[k]`` (the largest raw ``|d E_k / d x|`` element) and ``clamped_fraction[k]``
+    (the fraction of elements at or beyond the clamp) are per sample, ``(B,)`` for ``x`` of shape
+    ``(B, ...)``, and stay on the device: reading them is the caller's (one sync, after the loop).
     """
-    names = list(terms)
-    grads: dict[str, torch.Tensor] = {}
-    for j, name in enumerate(names):
-        e = terms[name]
-        if not (isinstance(e, torch.Tensor) and e.requires_grad):  # e.g. a term with weight 0
-            grads[name] = torch.zeros_like(x)
-            continue
-        (g,) = torch.autograd.grad(e, x, retain_graph=j + 1 < len(names), allow_unused=True)
-        grads[name] = torch.zeros_like(x) if g is None else clamp_grad(g.detach(), limit)
-    total = sum(grads.values(), torch.zeros_like(x))
-    return total, grads
+
+    total: torch.Tensor
+    per_term: dict[str, torch.Tensor]
+    max_abs: dict[str, torch.Tensor]
+    clamped_fraction: dict[str, torch.Tensor]
+
+
+def clamped_energy_gradient(
+    terms: Mapping[str, torch.Tensor], x: torch.Tensor, limit: float | None = 1.0, batched: bool = True
+) -> TermGradients:
+    """``g = sum_k clamp(d E_k / d x)``: per-term gradients, each clamped, then summed (Semantix step 3).
+
+    ``terms``: the already weighted scalar energies ``gamma_k E_k`` (graphs reaching ``x``); a term
+    that does not depend on ``x`` (e.g. weight 0) contributes zeros. The per-term clamp needs one
+    vector-Jacobian product per term; ``batched`` computes them in ONE backward pass through the
+    network (``torch.autograd.grad(..., is_grads_batched=True)``, i.e. vmap over the backward), equal
+    to the separate passes (tested); ``batched=False`` runs one backward pass per term.
+    """
+    live = [k for k, e in terms.items() if isinstance(e, torch.Tensor) and e.requires_grad]
+    raw = dict.fromkeys(terms)
+    if len(live) > 1 and batched:
+        (stacked,) = torch.autograd.grad(
+            torch.stack([terms[k] for k in live]), x,
+            grad_outputs=torch.eye(len(live), device=x.device, dtype=terms[live[0]].dtype),
+            is_grads_batched=True, allow_unused=True, materialize_grads=True,
+        )
+        raw.update(zip(live, stacked.detach(), strict=True))
+    else:
+        for j, name in enumerate(live):
+            (g,) = torch.autograd.grad(terms[name], x, retain_graph=j + 1 < len(live), allow_unused=True,
+                                       materialize_grads=True)
+            raw[name] = g.detach()
+    zeros = torch.zeros_like(x)
+    per_term = {k: zeros if g is None else clamp_grad(g, limit) for k, g in raw.items()}
+    per_sample = (lambda v: v.flatten(1)) if x.ndim > 1 else (lambda v: v.flatten()[None])
+    max_abs = {k: per_sample(zeros if g is None else g).abs().amax(dim=1) for k, g in raw.items()}
+    clamped_fraction = {
+        k: torch.zeros_like(max_abs[k]) if g is None or limit is None
+        else (per_sample(g).abs() >= limit).float().mean(dim=1)
+        for k, g in raw.items()
+    }
+    return TermGradients(sum(per_term.values(), zeros), per_term, max_abs, clamped_fraction)

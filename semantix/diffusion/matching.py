@@ -1,27 +1,27 @@
-"""Semantic correspondence by nearest neighbours of (position-augmented) diffusion features.
+"""Semantic correspondence by nearest neighbours of diffusion features with a positional prior.
 
-Semantix (He et al., ICLR 2025) matches each context location ``p`` to the reference location
-``m(p) = argmax_q <A^c_p, A^r_q>`` with augmented features ``A = normalise([F/|F| ; lambda_pe P])``
-and ``P`` a 2D sinusoidal positional encoding (our reading of the paper; see docs/method.md).
+Semantix (He et al., ICLR 2025) matches each context location ``p`` to a reference location ``m(p)``
+by its decoder features, with "a 2D positional encoding incorporated into the features" and
+weighted by ``lambda_pe`` (3.0). How the two combine is our reading (docs/method.md, "Correspondence"):
 
-Positional encoding, the choice made here
------------------------------------------
-``P`` has a fixed dimension ``D`` (``pe_dim``, default 64), independent of the block's channel
-count ``C`` (``pe_dim=None`` gives ``D = C``). Reason: with the normalised grid coordinates below,
-a fixed ``D`` and fixed frequencies give every block, at every resolution, the same positional
-kernel, so one ``lambda_pe`` means the same thing for all blocks; it also keeps the matching
-matmul small (``C + 64`` instead of ``2C``).
+- ``pe_form="prior"`` (default): ``m(p) = argmax_q cos(F_p, F_q) + w <P_p, P_q>`` with
+  ``w = lambda_pe * pe_prior_unit`` (0.01: 0.03 at the paper's 3.0). The position kernel is at most
+  1 (at zero displacement), so position changes a match only where another candidate's feature
+  cosine is within ``w`` of the best: it breaks ties (flat regions, repeated texture) and never
+  overrules a clear semantic match. Computed as the inner product of ``[F/|F| ; sqrt(w) P]``.
+- ``pe_form="concat"`` (the earlier reading): ``A = normalise([F/|F| ; lambda_pe P])``, i.e.
+  ``(cos + lambda_pe^2 <P_p, P_q>) / (1 + lambda_pe^2)``: at 3.0 position outweighs the features
+  9 to 1 and nearly every location matches its own coordinates.
 
-Layout: the first ``D/2`` channels encode ``y``, the last ``D/2`` encode ``x``; per axis ``n = D/4``
-frequencies, ``sin`` block then ``cos`` block. Coordinates are the normalised grid
-``u = i / (side - 1)`` in ``[0, 1]`` (``0`` for a side of 1). Frequencies are geometric,
-``omega_k = pi * max_frequency ** (k / (n - 1))``, ``k = 0..n-1``, i.e. from ``pi`` (half a period
-across the image) to ``pi * max_frequency`` (default 16: a period of 1/8 of the image). ``P`` is
-scaled to unit L2 norm per location, so ``lambda_pe`` is the ratio of the positional part's norm to
-the (unit) feature part's norm, and ``<P_p, P_q> = mean_k [cos(omega_k dy) + cos(omega_k dx)] / 2``
-is a shift-invariant kernel in the displacement, 1 at zero and < 1 for any other displacement
-inside the image (the ``pi`` frequency alone guarantees it), so with identical features
-everywhere each location matches itself.
+Positional encoding ``P``: a fixed dimension ``D`` (``pe_dim``, default 64), independent of the
+block's channel count ``C`` (``pe_dim=None`` gives ``D = C``), so every block, at every resolution,
+has the same positional kernel. Layout: the first ``D/2`` channels encode ``y``, the last ``D/2``
+encode ``x``; per axis ``n = D/4`` frequencies, ``sin`` block then ``cos`` block, on the normalised
+grid ``u = i / (side - 1)`` in ``[0, 1]``; geometric frequencies ``omega_k = pi * max_frequency **
+(k / (n - 1))`` from ``pi`` to ``16 pi``. ``P`` has unit L2 norm per location, so ``<P_p, P_q> =
+mean_k [cos(omega_k dy) + cos(omega_k dx)] / 2`` is a shift-invariant kernel, 1 at zero
+displacement and < 1 for any other displacement inside the image (the ``pi`` frequency alone
+guarantees it): among equal candidates each location keeps its own position.
 """
 
 from __future__ import annotations
@@ -32,10 +32,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+PE_FORMS = ("prior", "concat")
+
 __all__ = [
+    "PE_FORMS",
     "augment_with_pe",
     "cosine_correspondence",
     "flatten_locations",
+    "match_displacement",
     "match_features",
     "nearest_neighbours",
     "positional_encoding_2d",
@@ -84,20 +88,29 @@ def augment_with_pe(
     lambda_pe: float,
     pe_dim: int | None = 64,
     max_frequency: float = 16.0,
+    pe_form: str = "prior",
+    pe_prior_unit: float = 0.01,
     eps: float = 1e-8,
 ) -> torch.Tensor:
-    """``normalise([F/|F| ; lambda_pe P])`` per location, flattened: ``(..., C, h, w)`` -> ``(..., h*w, C+D)``.
+    """Matching vectors of feature maps ``(..., C, h, w)`` -> ``(..., h*w, C+D)``, whose inner products
+    are the correspondence score of ``pe_form`` (module docstring).
 
-    ``P = positional_encoding_2d(h, w, D)`` with ``D = pe_dim`` (``None``: ``D = C``), unit norm per
-    location. With ``lambda_pe = 0`` the result is the normalised features padded with zeros.
+    ``prior``: ``[F/|F| ; sqrt(lambda_pe * pe_prior_unit) P]``, inner product ``cos + w <P, P'>``.
+    ``concat``: ``normalise([F/|F| ; lambda_pe P])``. ``P = positional_encoding_2d(h, w, D)``,
+    ``D = pe_dim`` (``None``: ``D = C``). With ``lambda_pe = 0`` both are the normalised features
+    padded with zeros.
     """
+    if pe_form not in PE_FORMS:
+        raise ValueError(f"pe_form must be one of {PE_FORMS}, got {pe_form!r}")
+    if lambda_pe < 0 or pe_prior_unit < 0:
+        raise ValueError(f"lambda_pe and pe_prior_unit must be >= 0, got {lambda_pe} and {pe_prior_unit}")
     *lead, C, h, w = feats.shape
     D = C if pe_dim is None else pe_dim
     f = F.normalize(feats, dim=-3, eps=eps)
     pe = positional_encoding_2d(h, w, D, device=feats.device, dtype=feats.dtype, max_frequency=max_frequency)
-    pe = (lambda_pe * pe).expand(*lead, D, h, w)
-    a = torch.cat([f, pe], dim=-3)
-    return F.normalize(flatten_locations(a), dim=-1, eps=eps)
+    weight = math.sqrt(lambda_pe * pe_prior_unit) if pe_form == "prior" else lambda_pe
+    a = flatten_locations(torch.cat([f, (weight * pe).expand(*lead, D, h, w)], dim=-3))
+    return a if pe_form == "prior" else F.normalize(a, dim=-1, eps=eps)
 
 
 @torch.no_grad()
@@ -132,17 +145,47 @@ def match_features(
     pe_dim: int | None = 64,
     chunk_size: int = 1024,
     max_frequency: float = 16.0,
+    pe_form: str = "prior",
+    pe_prior_unit: float = 0.01,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Semantix correspondence ``m(p) = argmax_q <A^query_p, A^ref_q>`` (He et al. 2025; our reading).
+    """Semantix correspondence ``m(p) = argmax_q score(p, q)`` (He et al. 2025; our reading, see
+    :func:`augment_with_pe` for the score of each ``pe_form``).
 
     ``f_query (C, h, w)``; ``f_refs``: one ``(C, h_r, w_r)`` map or several (multi-reference: each
     gets its own PE on its own normalised grid, then all locations are concatenated, reference
     after reference, row-major). Returns ``indices (h*w,)`` into that concatenation and ``scores``.
     """
     refs = [f_refs] if isinstance(f_refs, torch.Tensor) else list(f_refs)
-    q = augment_with_pe(f_query, lambda_pe, pe_dim, max_frequency)
-    keys = torch.cat([augment_with_pe(r, lambda_pe, pe_dim, max_frequency) for r in refs], dim=-2)
-    return nearest_neighbours(q, keys, chunk_size)
+
+    def vectors(f):
+        return augment_with_pe(f, lambda_pe, pe_dim, max_frequency, pe_form, pe_prior_unit)
+
+    keys = torch.cat([vectors(r) for r in refs], dim=-2)
+    return nearest_neighbours(vectors(f_query), keys, chunk_size)
+
+
+def match_displacement(
+    indices: torch.Tensor, query_hw: tuple[int, int], ref_hws: Sequence[tuple[int, int]]
+) -> torch.Tensor:
+    """How far each query location's match lies from its own position, in query cells ``(h*w,)``.
+
+    ``indices`` from :func:`match_features` (into the references' concatenated locations); a match
+    in reference ``k`` of size ``ref_hws[k]`` is placed on the query grid by its normalised
+    coordinates (the same ``[0, 1]`` grid the positional encoding uses). The distance is Chebyshev
+    (``max(|dy|, |dx|)``), so ``<= 1`` means "one of the 3x3 cells around its own position".
+    """
+    h, w = query_hw
+    sizes = torch.tensor([rh * rw for rh, rw in ref_hws], device=indices.device)
+    ends = sizes.cumsum(0)
+    k = torch.searchsorted(ends, indices, right=True)
+    local = indices - (ends - sizes)[k]
+    ref_h = torch.tensor([rh for rh, _ in ref_hws], device=indices.device)[k]
+    ref_w = torch.tensor([rw for _, rw in ref_hws], device=indices.device)[k]
+    ry = torch.div(local, ref_w, rounding_mode="floor").float() / (ref_h - 1).clamp(min=1) * max(h - 1, 0)
+    rx = (local % ref_w).float() / (ref_w - 1).clamp(min=1) * max(w - 1, 0)
+    qy = torch.arange(h, device=indices.device).repeat_interleave(w).float()
+    qx = torch.arange(w, device=indices.device).repeat(h).float()
+    return torch.maximum((ry - qy).abs(), (rx - qx).abs())
 
 
 @torch.no_grad()

@@ -2,8 +2,8 @@
 
 He, Hu, Zheng, Wang, Cham, "Semantix: An Energy-guided Sampler for Semantic Style Transfer",
 ICLR 2025 (arXiv 2503.22344). No official code is public and the paper's body (its Algorithm 1
-and equations) was not available to us: what follows is our reading, written down in
-../shared/spec/semantix.md and docs/method.md, with every choice a constructor argument.
+and equations) was not available to us: what follows is our reading, argued in docs/method.md
+(with the public code each choice follows), every choice a key of conf/method/semantix.yaml.
 
 Settings the paper states (image experiments; defaults in conf/method/semantix.yaml): Stable
 Diffusion 1.5; reference and context inverted with DDPM inversion over 60 steps; classifier-free
@@ -11,6 +11,10 @@ guidance 3.5 for inversion and sampling; guidance features from the 2nd and 3rd 
 gamma_ref = 3.0 (style feature guidance), gamma_c = 0.9 (spatial feature guidance), gamma_reg = 1.0
 (semantic distance regulariser), lambda_pe = 3.0 (positional encoding); each guidance term clamped
 to [-1, 1]; after 20 denoising steps, AdaIN of the output latents to the reference latents.
+Our readings where the paper is silent (docs/method.md): the energies carry DragonDiffusion's gain
+(`energy_scale` 10), so the clamp binds as the paper's statement implies; the positional encoding is
+a prior that breaks ties between equally similar candidates (`pe_form: prior`), not the dominant
+term of the matching; AdaIN after every step from step 20 (`adain_mode: every`).
 
 Video (conf/method/semantix_video.yaml: the paper's video weights gamma_ref = 6.0, gamma_c = 3.0,
 gamma_reg = 5.0, lambda_pe = 3.0, on AnimateDiff): the same algorithm on a latent video
@@ -42,12 +46,14 @@ from semantix.diffusion import (
     frames_first,
     gather_matched,
     invert,
+    match_displacement,
     match_features,
     semantic_distance_energy,
     spatial_energy,
     style_energy,
 )
 from semantix.diffusion.cache import TensorCache, resolve_feature_dtype
+from semantix.diffusion.matching import PE_FORMS
 from semantix.diffusion.windows import frame_windows, in_windows
 from semantix.methods.base import Method
 from semantix.store import stable_hash
@@ -55,6 +61,7 @@ from semantix.types import MethodOutput, Sample
 
 GUIDANCE_FORMS = ("eps", "latent")
 MATCH_SOURCES = ("context", "output")
+ADAIN_MODES = ("every", "once")
 
 
 class Semantix(Method):
@@ -73,12 +80,17 @@ class Semantix(Method):
         gamma_reg: float = 1.0,
         lambda_pe: float = 3.0,
         pe_dim: int | None = 64,
+        pe_form: str = "prior",
+        pe_prior_unit: float = 0.01,
+        energy_scale: float = 10.0,
         grad_clamp: float | None = 1.0,
+        batched_gradients: bool = True,
         guidance_apply: str = "eps",
         match_on: str = "context",
         match_chunk_size: int = 1024,
         reg_max_side: int = 32,
         adain_start_step: int | None = 20,
+        adain_mode: str = "every",
         cache_inversions: bool = True,
         feature_dtype: str = "float16",
         window_size: int = 16,
@@ -88,6 +100,12 @@ class Semantix(Method):
             raise ValueError(f"guidance_apply must be one of {GUIDANCE_FORMS}, got {guidance_apply!r}")
         if match_on not in MATCH_SOURCES:
             raise ValueError(f"match_on must be one of {MATCH_SOURCES}, got {match_on!r}")
+        if pe_form not in PE_FORMS:
+            raise ValueError(f"pe_form must be one of {PE_FORMS}, got {pe_form!r}")
+        if adain_mode not in ADAIN_MODES:
+            raise ValueError(f"adain_mode must be one of {ADAIN_MODES}, got {adain_mode!r}")
+        if energy_scale <= 0:
+            raise ValueError(f"energy_scale must be > 0, got {energy_scale}")
         self.num_steps = num_steps
         self.guidance_scale = guidance_scale
         self.prompt = prompt
@@ -100,12 +118,17 @@ class Semantix(Method):
         self.gammas = {"style": gamma_ref, "spatial": gamma_c, "reg": gamma_reg}
         self.lambda_pe = lambda_pe
         self.pe_dim = pe_dim
+        self.pe_form = pe_form
+        self.pe_prior_unit = pe_prior_unit
+        self.energy_scale = energy_scale
         self.grad_clamp = grad_clamp
+        self.batched_gradients = batched_gradients
         self.guidance_apply = guidance_apply
         self.match_on = match_on
         self.match_chunk_size = match_chunk_size
         self.reg_max_side = reg_max_side
         self.adain_start_step = adain_start_step
+        self.adain_mode = adain_mode
         self.cache_inversions = cache_inversions
         self.feature_dtype = resolve_feature_dtype(feature_dtype)
         frame_windows(window_size, window_size, window_overlap)  # validates the pair
@@ -151,14 +174,14 @@ class Semantix(Method):
             #    inversion, CFG 3.5), capturing their decoder features F^c_t, F^r_t on the way (they replay,
             #    never re-sample).
             context, context_key = (sample.frames, "frames") if sample.is_video else (sample.content, "content")
-            contexts.append(self._invert(context, sample.input_sha256.get(context_key), context_prompt, seed,
+            contexts.append(self.invert(context, sample.input_sha256.get(context_key), context_prompt, seed,
                                          "context"))
             if sample.reference_frames is not None:  # a reference video: its frames inverted as one clip
                 images, hashes = [sample.reference_frames], [sample.input_sha256.get("reference_frames")]
             else:
                 images, hashes = sample.references, [sample.input_sha256.get(k) for k in sample.reference_keys]
             references.append([
-                self._invert(image, sha, self.reference_prompt, seed, f"reference_{k}")
+                self.invert(image, sha, self.reference_prompt, seed, f"reference_{k}")
                 for k, (image, sha) in enumerate(zip(images, hashes, strict=True))
             ])
 
@@ -185,42 +208,57 @@ class Semantix(Method):
 
     def sample(self, contexts: list[Inversion], references: list[list[Inversion]],
                cond: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
-        """The guided reverse process (spec section 2) of B samples at once.
+        """The guided reverse process of B samples at once (docs/method.md, "Sampling").
 
         ``contexts[b]`` and ``references[b]`` are sample b's inversions, ``cond`` its prompt embeddings
         ``(B, L, D)``. Returns x_0 of the outputs ``(B, C, h, w)`` (videos: ``(B, F, C, h, w)``) and
-        per-sample per-step diagnostics.
-        The samples only share UNet calls: every energy is a per-sample mean and the guidance is the
+        per-sample per-step diagnostics (energies, gradient size and clamping per term, the guidance's
+        share of the noise prediction, match displacement per block).
+        The samples only share UNet calls: every energy is a per-sample quantity and the guidance is the
         gradient of their sum, so sample b's guidance is its own (clamped element-wise).
         """
+        self._check_schedule(contexts, references)
         # The outputs start at the contexts' inverted noise and use the contexts' noise maps.
         x = torch.cat([c.x_T for c in contexts])
         # Videos: frame windows of the motion module's length; AdaIN statistics over frames and space.
         windows = frame_windows(x.shape[1], self.window_size, self.window_overlap) if x.ndim == 5 else None
         adain_dims = (1, -2, -1) if x.ndim == 5 else (-2, -1)
-        trace: dict[str, list[torch.Tensor]] = {"energy_style": [], "energy_spatial": [], "energy_reg": [],
-                                                 "grad_norm": []}
+        trace: dict[str, list[torch.Tensor]] = {"grad_norm": []}
         for i, t in enumerate(self.stepper.timesteps):
             context_features = [_on(c.features[i], x.device) for c in contexts]
             reference_features = [[_on(r.features[i], x.device) for r in refs] for refs in references]
             # Steps 2.1-2.4: CFG prediction, energy gradient (per-term clamped), guided prediction.
-            eps, guidance, energies = self._windowed_guided_prediction(x, t, i, cond, context_features,
-                                                                       reference_features, windows)
+            eps, guidance, stats = self._windowed_guided_prediction(x, t, i, cond, context_features,
+                                                                    reference_features, windows)
             # Step 2.5: DDPM step with the contexts' noise maps.
             x = self.stepper.step(x, eps, i, torch.cat([c.zs[i] for c in contexts]))
             if self.guidance_apply == "latent":
                 x = x - guidance
             # Step 2.6: AdaIN of each output latent to its reference latents of the same timestep.
-            if self.adain_start_step is not None and i >= self.adain_start_step:
+            if self._adain_at(i):
                 x = torch.cat([adain(x[b:b + 1], _pooled(_latent_after_step(r, i) for r in refs), dims=adain_dims)
                                for b, refs in enumerate(references)])
-            for name, value in energies.items():
-                trace[f"energy_{name}"].append(value)
+            for name, value in stats.items():
+                trace.setdefault(name, []).append(value)
             trace["grad_norm"].append(guidance.flatten(1).norm(dim=1))
         # One device sync for all diagnostics, after the loop; then one dict per sample.
-        stacked = {name: torch.stack(values).T.tolist() if values else None for name, values in trace.items()}
-        return x, [{name: (rows[b] if rows is not None else []) for name, rows in stacked.items()}
-                   for b in range(len(contexts))]
+        stacked = {name: torch.stack(values).T.tolist() for name, values in trace.items()}
+        return x, [{name: rows[b] for name, rows in stacked.items()} for b in range(len(contexts))]
+
+    def _check_schedule(self, contexts: list[Inversion], references: list[list[Inversion]]) -> None:
+        """Every inversion (fresh or from the cache) must be on this sampler's own timesteps."""
+        expected = self.stepper.timesteps
+        for inversion in [*contexts, *(r for refs in references for r in refs)]:
+            if [int(t) for t in inversion.timesteps] != expected:
+                raise ValueError(f"an inversion's timesteps {[int(t) for t in inversion.timesteps][:4]}... do "
+                                 f"not match the sampler's {expected[:4]}... ({len(expected)} steps): "
+                                 "a stale cache entry or another scheduler")
+
+    def _adain_at(self, i: int) -> bool:
+        """AdaIN after step i: every step from `adain_start_step` on, or only at that step (`once`)."""
+        if self.adain_start_step is None:
+            return False
+        return i == self.adain_start_step if self.adain_mode == "once" else i >= self.adain_start_step
 
     # -- pieces --------------------------------------------------------------------------------------
     def _eps_fn(self, cond: torch.Tensor, capture: Sequence[str] = ()) -> UNetEpsFn:
@@ -229,13 +267,14 @@ class Semantix(Method):
         return UNetEpsFn(self.unet, cond, self.uncond_embedding, self.guidance_scale, capture=capture,
                          batch_cfg=False)
 
-    def _invert(self, image: torch.Tensor, image_sha256: str | None, prompt: str, seed: int, role: str) -> Inversion:
+    def invert(self, image: torch.Tensor, image_sha256: str | None, prompt: str, seed: int, role: str) -> Inversion:
         """Inversion with features, from the on-disk cache when an identical one was made before."""
         key = {
             "kind": "semantix-inversion",
             "backbone": self.backbone.provenance,
-            "image_sha256": image_sha256 or hashlib.sha256(image.numpy().tobytes()).hexdigest(),
+            "image_sha256": image_sha256 or hashlib.sha256(image.detach().cpu().numpy().tobytes()).hexdigest(),
             "resolution": tuple(image.shape[-2:]),
+            "scheduler": self.backbone.scheduler_config,
             "num_steps": self.num_steps,
             "guidance_scale": self.guidance_scale,
             "prompt": prompt,
@@ -291,16 +330,18 @@ class Semantix(Method):
             x_window, t, i, cond, [_frames(f, window) for f in context_features], reference_features), x, windows)
 
     def _guided_prediction(self, x, t, i, cond, context_features, reference_features):
-        """eps~ = CFG(eps_u, eps_c) + sqrt(1 - abar_t) g, g = sum_k clamp(d gamma_k E_k / dx) (spec step 2).
+        """eps~ = CFG(eps_u, eps_c) + sqrt(1 - abar_t) g, g = sum_k clamp(d s gamma_k E_k / dx) (steps 2.2-2.4).
 
-        Returns the guided eps, the guidance g and each term's per-sample energies ``(B,)`` (videos: the
-        mean over frames; the gradient is that of their sum).
+        Returns the guided eps, the guidance g and per-sample diagnostics ``(B,)`` (videos: means over
+        frames): each term's energy, largest raw gradient element and fraction of elements at the
+        clamp, the guidance's size relative to the noise prediction, and the match displacement per
+        block. All stay on the device (read once, after the loop).
         """
         eps_fn = self._eps_fn(cond)
         if not any(self.gammas.values()):
             with torch.no_grad():
                 eps, _ = eps_fn(x, t)
-            return eps, torch.zeros_like(x), {}
+            return eps, torch.zeros_like(x), {"guidance_ratio": torch.zeros(x.shape[0], device=x.device)}
         x_in = x.detach().requires_grad_(True)
         with torch.enable_grad(), capture_block_outputs(self.unet, self.feature_blocks) as captured:
             eps_cond = eps_fn.predict(x_in, t, cond)
@@ -309,24 +350,37 @@ class Semantix(Method):
         eps = cfg(eps_uncond, eps_cond.detach(), self.guidance_scale)
         output_features = {k: frames_first(v, x).float() for k, v in captured.items()}
         with torch.enable_grad():
-            energies = self._energies(output_features, context_features, reference_features)
+            energies, matches = self._energies(output_features, context_features, reference_features)
             # Sum over samples: each sample's gradient is that of its own energy.
-            weighted = {k: self.gammas[k] * e.sum() for k, e in energies.items() if self.gammas[k]}
-            guidance, _ = clamped_energy_gradient(weighted, x_in, self.grad_clamp)
+            weighted = {k: self.energy_scale * self.gammas[k] * e.sum() for k, e in energies.items()}
+            gradients = clamped_energy_gradient(weighted, x_in, self.grad_clamp, self.batched_gradients)
+        guidance = gradients.total
+        # The guidance as a change of the noise prediction (the latent form's equivalent for `latent`).
+        in_eps_units = (self.stepper.sqrt_one_minus_alpha_bar(i) * guidance if self.guidance_apply == "eps"
+                        else guidance / self.stepper.eps_coefficient(i))
         if self.guidance_apply == "eps":
-            eps = eps + self.stepper.sqrt_one_minus_alpha_bar(i) * guidance
+            eps = eps + in_eps_units
         frames = x.shape[1] if x.ndim == 5 else 1
-        return eps, guidance, {k: e.detach() / frames for k, e in energies.items()}
+        stats = {"guidance_ratio": in_eps_units.flatten(1).norm(dim=1) / eps.flatten(1).norm(dim=1).clamp(min=1e-12)}
+        for k, e in energies.items():
+            stats[f"energy_{k}"] = e.detach() / frames
+            stats[f"grad_max_{k}"] = gradients.max_abs[k]
+            stats[f"clamp_fraction_{k}"] = gradients.clamped_fraction[k]
+        return eps, guidance, stats | matches
 
-    def _energies(self, output_features, context_features, reference_features) -> dict[str, torch.Tensor]:
-        """The three energy terms of spec section 3 per sample ``(B,)``, averaged over blocks with `block_weights`."""
+    def _energies(self, output_features, context_features, reference_features):
+        """The three energy terms per sample ``(B,)``, averaged over blocks with `block_weights`, and the
+        match displacement statistics per block ``(B,)`` (when style guidance matched)."""
         per_sample = [self._sample_energies({k: v[b] for k, v in output_features.items()}, context_features[b],
                                             reference_features[b]) for b in range(len(context_features))]
-        return {k: torch.stack([e[k] for e in per_sample]) for k in per_sample[0]}
+        energies = {k: torch.stack([e[k] for e, _ in per_sample]) for k in per_sample[0][0]}
+        matches = {k: torch.stack([m[k] for _, m in per_sample]) for k in per_sample[0][1]}
+        return energies, matches
 
-    def _sample_energies(self, output_features, context_features, reference_features) -> dict[str, torch.Tensor]:
-        """One sample's energies: ``output_features[block]`` is ``(C, h, w)`` (video: ``(F, C, h, w)``,
-        each frame's energies computed on its own and summed over frames), the others as stored."""
+    def _sample_energies(self, output_features, context_features, reference_features):
+        """One sample's energies and match statistics: ``output_features[block]`` is ``(C, h, w)``
+        (video: ``(F, C, h, w)``, each frame's energies computed on its own and summed over frames, its
+        match statistics averaged over frames), the others as stored."""
         first = next(iter(output_features.values()))
         if first.ndim == 3:
             return self._frame_energies(output_features, {k: v[0] for k, v in context_features.items()},
@@ -340,26 +394,40 @@ class Semantix(Method):
         ]
         # Summed over frames, as over samples: each frame's guidance is that of its own energy, whatever
         # the clip or window length (the sampler reports the per-frame mean).
-        return {k: torch.stack([e[k] for e in per_frame]).sum() for k in per_frame[0]}
+        energies = {k: torch.stack([e[k] for e, _ in per_frame]).sum() for k in per_frame[0][0]}
+        matches = {k: torch.stack([m[k] for _, m in per_frame]).mean() for k in per_frame[0][1]}
+        return energies, matches
 
-    def _frame_energies(self, output_features, context_features, reference_features) -> dict[str, torch.Tensor]:
-        """The energies of one image (or one video frame): every feature ``(C, h, w)``."""
-        total = {"style": 0.0, "spatial": 0.0, "reg": 0.0}
+    def _frame_energies(self, output_features, context_features, reference_features):
+        """The energies of one image (or one video frame), every feature ``(C, h, w)``, and, when style
+        guidance is on, each block's match displacement: median and 90th percentile (in cells) and the
+        fraction matched within one cell of its own position."""
+        energies: dict[str, torch.Tensor] = {}
+        matches: dict[str, torch.Tensor] = {}
+
+        def add(term: str, value: torch.Tensor, weight: float) -> None:
+            energies[term] = energies.get(term, 0.0) + weight * value
+
         for block, weight in zip(self.feature_blocks, self.block_weights, strict=True):
             f_out = output_features[block]
             f_ctx = context_features[block].float()
             if self.gammas["style"]:
                 f_refs = [r[block].float() for r in reference_features]
                 query = f_out.detach() if self.match_on == "output" else f_ctx
-                indices, _ = match_features(query, f_refs, self.lambda_pe, self.pe_dim, self.match_chunk_size)
+                indices, _ = match_features(query, f_refs, self.lambda_pe, self.pe_dim, self.match_chunk_size,
+                                            pe_form=self.pe_form, pe_prior_unit=self.pe_prior_unit)
                 matched = gather_matched(torch.cat([flatten_locations(f) for f in f_refs]), indices,
                                          hw=tuple(f_out.shape[-2:]))
-                total["style"] = total["style"] + weight * style_energy(f_out, matched)
+                add("style", style_energy(f_out, matched), weight)
+                distance = match_displacement(indices, tuple(f_out.shape[-2:]), [tuple(f.shape[-2:]) for f in f_refs])
+                matches[f"match_median_{block}"] = distance.median()
+                matches[f"match_p90_{block}"] = distance.quantile(0.9)
+                matches[f"match_local_{block}"] = (distance <= 1).float().mean()
             if self.gammas["spatial"]:
-                total["spatial"] = total["spatial"] + weight * spatial_energy(f_out, f_ctx)
+                add("spatial", spatial_energy(f_out, f_ctx), weight)
             if self.gammas["reg"]:
-                total["reg"] = total["reg"] + weight * semantic_distance_energy(f_out, f_ctx, self.reg_max_side)
-        return {k: v for k, v in total.items() if isinstance(v, torch.Tensor)}
+                add("reg", semantic_distance_energy(f_out, f_ctx, self.reg_max_side), weight)
+        return energies, matches
 
 
 def _latent_after_step(inversion: Inversion, i: int) -> torch.Tensor:
