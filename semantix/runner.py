@@ -50,6 +50,7 @@ from semantix.store import (
     StoredFileError,
     check_writable_directory,
     quantize,
+    remove_stale_temporaries,
     stable_hash,
 )
 from semantix.types import MethodOutput, Sample
@@ -231,6 +232,7 @@ class Runner:
     def _prepare(self) -> None:
         # Before anything slow: a results directory that cannot be written stops the job (exit 101).
         check_writable_directory(Path(self.cfg.paths.results_dir))
+        remove_stale_temporaries(Path(self.cfg.paths.results_dir), recursive=False)  # e.g. of the leaderboard
         if any(run.method.uses_backbone for run in self.runs):
             log.info("loading backbone %s", self.labels.backbone)
             self.backbone = instantiate(self.cfg.backbone)

@@ -142,14 +142,17 @@ def is_stale_temporary(path: Path, now: float | None = None, max_age_s: float = 
     return (time.time() if now is None else now) - mtime > max_age_s
 
 
-def remove_stale_temporaries(folder: Path, max_age_s: float = STALE_TEMPORARY_AGE_S) -> int:
-    """Delete the temporary files of killed writes under `folder` (recursively); returns how many.
+def remove_stale_temporaries(folder: Path, max_age_s: float = STALE_TEMPORARY_AGE_S, recursive: bool = True) -> int:
+    """Delete the temporary files of killed writes under `folder` (recursively, or in `folder` only);
+    returns how many.
 
     Never raises: a folder that cannot be listed or a file that cannot be removed is left alone.
     """
     removed = 0
     now = time.time()
-    for directory, _, files in os.walk(folder):
+    for directory, subfolders, files in os.walk(folder):
+        if not recursive:
+            subfolders.clear()
         for name in files:
             if not (name.startswith(".") and name.endswith(".tmp")):
                 continue
