@@ -12,6 +12,10 @@ values computed under its current config (the run's `metric_info/<name>.json`); 
 counts the finished samples without such a value (shown as "(k missing)" in the Markdown table), and
 a set-level value of another config is left out.
 
+Guided runs (Semantix) also get `guidance_clamp_fraction`, `guidance_ratio` and `match_displacement`:
+the means over samples of their per-step guidance diagnostics (semantix.diagnostics), so a table
+shows whether the guidance acted and whether matches follow content or position.
+
 The `backbone` and `weights` columns say where numbers come from: rows of the `tiny` backbone are
 random-weight runs that test the code, never quality results, and the Markdown table says so.
 """
@@ -28,6 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from semantix import diagnostics
 from semantix.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -186,6 +191,10 @@ def summarise(run: RunSummary) -> dict:
         stale = current is not None and result.get("config_hash") != current
         row[f"{name}_set"] = math.nan if stale else result.get("value", math.nan)
         row[f"{name}_n"] = None if stale else result.get("n")
+    guidance = diagnostics.run_summary(ok)
+    for name in diagnostics.LEADERBOARD_COLUMNS:
+        if name in guidance:
+            row[name] = guidance[name]
     return row
 
 
@@ -212,10 +221,12 @@ def to_markdown(table: pd.DataFrame, metric_info: dict) -> str:
     metric_names = sorted({c[: -len("_mean")] for c in table.columns if c.endswith("_mean")})
     set_names = sorted({c[: -len("_set")] for c in table.columns if c.endswith("_set")})
     header = ["experiment", "dataset", "method", "backbone", "weights", "metrics", "n", "failed"]
+    guidance_names = [name for name in diagnostics.LEADERBOARD_COLUMNS if name in table.columns]
     for name in set_names + metric_names:
         direction = metric_info.get(name, {}).get("higher_is_better")
         arrow = {True: " ↑", False: " ↓"}.get(direction, "")
         header.append(f"{name}{arrow}")
+    header += guidance_names
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         backbone = row["backbone"]
@@ -238,6 +249,7 @@ def to_markdown(table: pd.DataFrame, metric_info: dict) -> str:
             if isinstance(missing, (int, float)) and not math.isnan(missing) and missing > 0:
                 cell += f" ({int(missing)} missing)"
             cells.append(cell)
+        cells += [_format(row.get(name)) for name in guidance_names]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [
         "",
@@ -246,6 +258,9 @@ def to_markdown(table: pd.DataFrame, metric_info: dict) -> str:
         "over its finished samples (`<name>_n` in the CSV). ↑ higher is better, ↓ lower is better.",
         "Rows on the `tiny` backbone (random weights) exercise the code and say nothing about quality.",
     ]
+    if guidance_names:
+        notes.append("Guidance diagnostics (guided methods): "
+                     + "; ".join(f"`{n}`: {diagnostics.LEADERBOARD_COLUMNS[n]}" for n in guidance_names) + ".")
     return "\n".join(lines + notes) + "\n"
 
 

@@ -104,7 +104,7 @@ class WandbLogger(NullLogger):
             record = report.diagnostics_sample(summary)
             if record is not None:
                 title = f"Per-step diagnostics: {label}, sample {record['sample_id']}"
-                png = plots.diagnostics_plot(report.guided_series(record), title, report.describe_rows([row]))
+                png = plots.diagnostics_plot(report.diagnostics_panels(record), title, report.describe_rows([row]))
                 payload["diagnostics"] = self._wandb.Image(Image.open(io.BytesIO(png)), caption=record["sample_id"])
         run.log(payload)
         run.finish()

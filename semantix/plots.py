@@ -135,13 +135,17 @@ def tradeoff_scatter(rows: Sequence[Mapping], names: Sequence[str], style_metric
     return _render(fig, title, note)
 
 
-def diagnostics_plot(series: Mapping[str, Sequence[float]], title: str, note: str) -> bytes:
-    """Per-step diagnostics of one sample (energy terms, gradient norm): one panel per series."""
-    fig, axes = _grid(len(series))
-    for ax, (name, values) in zip(axes, series.items(), strict=True):
-        ax.plot(range(len(values)), [_number(v) for v in values], marker=".")
-        ax.set_title(name, fontsize=9)
+def diagnostics_plot(panels: Mapping[str, Mapping[str, Sequence[float]]], title: str, note: str) -> bytes:
+    """Per-step diagnostics of one sample: one panel per quantity (energies, gradient sizes, clamp
+    fractions, match displacement, ...), one line per series in it (a term, a block)."""
+    fig, axes = _grid(len(panels))
+    for ax, (panel, series) in zip(axes, panels.items(), strict=True):
+        for name, values in series.items():
+            ax.plot(range(len(values)), [_number(v) for v in values], marker=".", label=name)
+        ax.set_title(panel, fontsize=9)
         ax.set_xlabel("sampling step", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=7)
     return _render(fig, title, note)

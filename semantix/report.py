@@ -61,6 +61,7 @@ import pandas as pd
 import yaml
 from PIL import Image
 
+from semantix import diagnostics
 from semantix.data.images import resize_center_crop, sha256_file
 from semantix.data.manifest import REFERENCE_SEPARATOR, Manifest
 from semantix.leaderboard import KEY_COLUMNS, RunSummary, build_table, find_runs
@@ -406,6 +407,33 @@ def guided_series(record: dict) -> dict[str, list[float]]:
             if isinstance(values, list) and values and all(isinstance(v, int | float | None) for v in values)}
 
 
+# Panels of the per-step diagnostics plot: series whose names start with a prefix share a panel.
+DIAGNOSTICS_PANELS = {
+    "energy_": "energy per term",
+    "grad_max_": "largest gradient element per term",
+    "clamp_fraction_": "fraction of gradient elements at the clamp",
+    "guidance_ratio": "|guidance| / |eps|",
+    "match_median_": "match distance, median (cells)",
+    "match_p90_": "match distance, 90th percentile (cells)",
+    "match_local_": "matched within one cell of own position",
+}
+
+
+def diagnostics_panels(record: dict) -> dict[str, dict[str, list[float]]]:
+    """A record's per-step series grouped into plot panels (`DIAGNOSTICS_PANELS`; others alone)."""
+    panels: dict[str, dict[str, list[float]]] = {}
+    for name, values in guided_series(record).items():
+        prefix = next((p for p in DIAGNOSTICS_PANELS if name.startswith(p)), None)
+        panel = DIAGNOSTICS_PANELS[prefix] if prefix else name
+        panels.setdefault(panel, {})[name[len(prefix):] if prefix and name != prefix else name] = values
+    return panels
+
+
+def guidance_findings(run: ReportRun) -> list[str]:
+    """What the run's guidance diagnostics say a reader must know (semantix.diagnostics.findings)."""
+    return diagnostics.findings(diagnostics.run_summary(run.summary.records), run.name)
+
+
 def diagnostics_sample(run: RunSummary) -> dict | None:
     """The first finished record (by sample id) with per-step diagnostics, or None."""
     return next((r for r in sorted(run.records, key=lambda r: r["sample_id"])
@@ -440,12 +468,22 @@ def make_plots(runs: list[ReportRun], metric_info: dict, out: Path, group_slug: 
         figures.append((f"sweep-{_slug(key)}", plots.sweep_lines(points, _short(key), metrics, metric_info,
                                                                    f"Metrics against {_short(key)}", note),
                         f"Each metric against the swept parameter {key}, one line per method, 95% CI."))
+    guided = [(run.name, run.row) for run in runs if not _missing(run.row.get("guidance_clamp_fraction"))]
+    calibration = [m for m in (style, structure) if m]
+    if len(guided) > 1 and calibration:
+        for column, label in (("guidance_clamp_fraction", "fraction of gradient elements at the clamp"),
+                              ("match_displacement", "median match distance (cells)")):
+            points = {"runs": [(row[column], row) for _, row in guided if not _missing(row.get(column))]}
+            figures.append((f"calibration-{column}", plots.sweep_lines(points, label, calibration, metric_info,
+                                                                      f"Style and structure against {label}", note),
+                            f"Calibration: {', '.join(calibration)} against each guided run's {label} (one point "
+                            f"per run: {', '.join(name for name, _ in guided)}), 95% CI."))
     for run in runs:
         record = diagnostics_sample(run.summary)
         if record is None:
             continue
         title = f"Per-step diagnostics: {run.name}, sample {record['sample_id']}"
-        figures.append((f"diagnostics-{_slug(run.name)}", plots.diagnostics_plot(guided_series(record), title, note),
+        figures.append((f"diagnostics-{_slug(run.name)}", plots.diagnostics_plot(diagnostics_panels(record), title, note),
                         f"{run.name}: per-step diagnostics of sample {record['sample_id']}."))
     written = []
     for kind, png, caption in figures:
@@ -492,12 +530,15 @@ def leaderboard_html(runs: list[ReportRun], metric_info: dict) -> str:
     cells = "".join(f"<th>{_e(h)}</th>" for h in head)
     cells += "".join(f'<th data-metric="{_e(n)}_set">{_e(n)} (set){_e(_arrow(n, metric_info))}</th>' for n in set_names)
     cells += "".join(f'<th data-metric="{_e(n)}">{_e(n)}{_e(_arrow(n, metric_info))}</th>' for n in metrics)
+    guidance = [n for n in diagnostics.LEADERBOARD_COLUMNS if any(not _missing(r.row.get(n)) for r in runs)]
+    cells += "".join(f'<th title="{_e(diagnostics.LEADERBOARD_COLUMNS[n])}">{_e(n)}</th>' for n in guidance)
     cells += "<th>config</th><th>commit</th>"
     body = []
     for run in runs:
         row = run.row
         backbone = _e(row["backbone"]) + (' <span class="warn">RANDOM weights</span>' if run.random_weights else "")
-        text = {"experiment": _e(row["experiment"]), "dataset": _e(row["dataset"]), "method": _e(run.name),
+        warnings = "".join(f'<div class="warn guidance-warning">{_e(f)}</div>' for f in guidance_findings(run))
+        text = {"experiment": _e(row["experiment"]), "dataset": _e(row["dataset"]), "method": _e(run.name) + warnings,
                 "backbone": backbone, "weights": _e(row["weights"]), "metrics_preset": _e(row["metrics_preset"])}
         sort = {**{c: row[c] for c in text}, "method": run.name}
         out = [f'<td data-sort="{_e(sort[c])}">{text[c]}</td>' for c in text]
@@ -511,6 +552,9 @@ def leaderboard_html(runs: list[ReportRun], metric_info: dict) -> str:
             text = _fmt(mean) + (f" ± {_fmt(half)}" if _fmt(mean) and _fmt(half) else "")
             sort = repr(float(mean)) if not _missing(mean) else ""
             out.append(f'<td class="num" data-sort="{_e(sort)}">{_e(text)}</td>')
+        for name in guidance:
+            value = row.get(name)
+            out.append(f'<td class="num" data-sort="{_e(_fmt(value))}">{_e(_fmt(value))}</td>')
         out.append(f'<td data-sort="{_e(row["config_hash"])}"><code>{_e(row["config_hash"])}</code></td>')
         out.append(f'<td data-sort="{_e(row["commit"])}"><code>{_e(str(row["commit"])[:12])}</code></td>')
         css = ' class="random"' if run.random_weights else ""

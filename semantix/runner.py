@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from semantix import provenance
+from semantix import diagnostics, provenance
 from semantix.leaderboard import merged_metric_info, read_invocations
 from semantix.methods.base import Method
 from semantix.store import (
@@ -650,8 +650,16 @@ class Runner:
             prov["invocations"] = read_invocations(run.store.run_dir)
             run.store.write_json("provenance.json", prov)
             self._settle_data_provenance(run)
+            records = run.store.records()
+            self._warn_if_guidance_inert(run, records)
             if self.logger is not None:
-                self.logger.finish_run(run.label, run.store.records())
+                self.logger.finish_run(run.label, records)
+
+    @staticmethod
+    def _warn_if_guidance_inert(run: MethodRun, records: list[dict]) -> None:
+        """A guided run whose guidance barely acted, or whose matching is pinned to position, says so."""
+        for finding in diagnostics.findings(diagnostics.run_summary(records), run.label):
+            log.warning("run %s (%s): %s", run.label, run.store.run_dir, finding)
 
     def _report_redone(self, run: MethodRun) -> None:
         """Say how many stored results were not trusted (and so redone) in this invocation."""

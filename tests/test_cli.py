@@ -165,3 +165,27 @@ def test_sweep_points_are_told_apart_by_their_overrides_in_the_leaderboard(tmp_p
     assert len(table) == 2
     eps_terms = sorted(term for o in table["overrides"] for term in o.split() if term.startswith("method.reinhard.eps="))
     assert eps_terms == ["method.reinhard.eps=0.001", "method.reinhard.eps=1e-06"]
+
+
+def test_calibration_sweep_warns_on_inert_guidance_and_the_report_plots_it(tmp_path):
+    """experiment=semantix_calibration offline: a gain too small for the guidance to act is flagged (log
+    and report), a gain at which the clamp binds is not, and the report plots metrics against both
+    diagnostics."""
+    from semantix.report import build_report
+
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    out = run_cli(["semantix-bench", "-m", "experiment=semantix_calibration", "backbone=tiny", "dataset=demo",
+                   "metrics=demo", "dataset.limit=2", "method.semantix.num_steps=4", "method.semantix.adain_start_step=2",
+                   "method.semantix.energy_scale=1e-4,1000", "method.semantix.lambda_pe=3",
+                   f"paths.cache_dir={cache}", f"paths.results_dir={results}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    warnings = [line for line in (out.stdout + out.stderr).splitlines() if "guidance never reached the clamp" in line]
+    assert len(warnings) == 1 and "method.semantix.energy_scale" in warnings[0], warnings
+    table = pd.read_csv(results / "leaderboard.csv")
+    assert sorted(table["guidance_clamp_fraction"].round(6) > 0) == [False, True]
+    assert table["match_displacement"].notna().all()
+    index = build_report(results / "runs", tmp_path / "report")
+    text, report = index.read_text(), index.parent
+    assert text.count("guidance never reached the clamp") == 1
+    plots = {p.name.split("__")[-1] for p in (report / "plots").glob("*.png")}
+    assert {"calibration-guidance_clamp_fraction.png", "calibration-match_displacement.png"} <= plots
