@@ -1,6 +1,6 @@
 """Scripts that build dataset manifests (and the images they name) for semantix.
 
-- `semantix-prep` (`data_prep.cli`): the evaluation sets of shared/spec/datasets.md:
+- `semantix-prep` (`data_prep.cli`): the evaluation sets of docs/datasets.md:
   `coco_wikiart` (and its StyleID manifest), `appearance`, `videos`, and `verify`;
   see docs/datasets.md.
 - `python -m data_prep.demo`: the embedded demo set shipped in `semantix/data/demo/`.

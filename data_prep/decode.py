@@ -16,7 +16,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 __all__ = ["BadItem", "MIN_SIDE", "MAX_SIDE", "decode_image", "check_size", "orient"]
 
-# The limits of the harness (`semantix.data.open_image` defaults and shared/spec/datasets.md).
+# The limits of the harness (`semantix.data.open_image` defaults and docs/datasets.md).
 MIN_SIDE = 64
 MAX_SIDE = 8192
 

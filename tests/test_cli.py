@@ -93,7 +93,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
 
 
 def write_bad_data_manifest(tmp_path):
-    """A manifest with one good sample and one sample per bad-data class of spec/datasets.md."""
+    """A manifest with one good sample and one sample per bad-data class of docs/datasets.md."""
     from PIL import Image
 
     from semantix.data.manifest import write_manifest

@@ -1,4 +1,4 @@
-"""The Semantix sampler on the tiny backbone: the properties of spec/semantix.md section 5, the
+"""The Semantix sampler on the tiny backbone: the properties docs/method.md requires, the
 cache, guidance that really reaches the sampler, multi-reference, and the ablation configs."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Image files: hashing, validated decoding, and THE resize policy of the harness.
 
 Every image the harness reads goes through `open_image` (which rejects the bad-data classes of
-`shared/spec/datasets.md` with one specific `SampleError` each) and then `to_tensor` (which applies
+docs/datasets.md with one specific `SampleError` each) and then `to_tensor` (which applies
 the single resize policy: bicubic resize of the short side, then a centre crop to a square).
 `data_prep` scripts use `resize_center_crop` so that stored images follow the same policy.
 """

@@ -1,7 +1,7 @@
 """Semantic regions, region matching and regional attention: the pieces of StyleGallery-style transfer.
 
 He, Ye, Liu, Wu, Liu, Cai, "StyleGallery", CVPR 2026 (arXiv 2603.10354), as summarised in
-../shared/spec/baselines.md; the method itself is `semantix.methods.stylegallery`. Each stage is a
+docs/baselines.md; the method itself is `semantix.methods.stylegallery`. Each stage is a
 small function here so that it can be tested on constructed inputs.
 
 Stage 1, semantic regions of one image (numpy, scikit-learn):

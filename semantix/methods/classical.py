@@ -1,7 +1,7 @@
 """Classical, weight-free references (no diffusion): real outputs offline on any machine.
 
 - Identity: returns the content unchanged: a structure ceiling and a style floor that makes every
-  metric's range visible in the leaderboard (spec/baselines.md, "Classical references").
+  metric's range visible in the leaderboard (docs/baselines.md, "Classical references").
 - Reinhard colour transfer: Reinhard, Ashikhmin, Gooch, Shirley, "Color Transfer between Images",
   IEEE CG&A 2001. Per-channel mean/std matching; we work in CIE Lab (scikit-image) as the spec asks,
   where the paper uses its l-alpha-beta space; the two are close decorrelated opponent spaces.

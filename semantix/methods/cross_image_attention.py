@@ -2,7 +2,7 @@
 
 Alaluf, Garibi, Patashnik, Averbuch-Elor, Cohen-Or, "Cross-Image Attention for Zero-Shot Appearance
 Transfer", SIGGRAPH Asia 2024 (arXiv 2311.03335). Written from the paper and
-../shared/spec/baselines.md; the authors' code (garibida/cross-image-attention) was read to
+docs/baselines.md; the authors' code (garibida/cross-image-attention) was read to
 understand it, not copied. Defaults in conf/method/cross_image_attention.yaml; our reading in
 docs/baselines.md.
 

@@ -1,7 +1,7 @@
 """Eye-for-an-eye: appearance transfer by explicit semantic correspondence.
 
 Go, Choi, Shin, Uh, "Eye-for-an-eye: Appearance Transfer with Semantic Correspondence in Diffusion
-Models", arXiv 2406.07008 (2024). Written from the paper and ../shared/spec/baselines.md; the
+Models", arXiv 2406.07008 (2024). Written from the paper and docs/baselines.md; the
 authors' code (sooyeon-go/eye_for_an_eye) was read to understand it, not copied. Defaults in
 conf/method/eye_for_an_eye.yaml; our reading in docs/baselines.md.
 

@@ -2,7 +2,7 @@
 attention distillation.
 
 He, Ye, Liu, Wu, Liu, Cai, "StyleGallery", CVPR 2026 (arXiv 2603.10354). Written from the facts in
-../shared/spec/baselines.md (section "StyleGallery-style region matching"), which are what we follow;
+docs/baselines.md (section "StyleGallery-style region matching"), which are what we follow;
 the loss is the one of Attention Distillation (Zhou et al., "Attention Distillation: A Unified
 Approach to Visual Characteristics Transfer", CVPR 2025), whose public code (xugao97/
 AttentionDistillation) was read to understand the optimisation loop, not copied. Defaults in

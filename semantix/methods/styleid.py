@@ -2,7 +2,7 @@
 
 Chung, Hyun, Heo, "Style Injection in Diffusion: A Training-free Approach for Adapting Large-scale
 Diffusion Models for Style Transfer", CVPR 2024 (arXiv 2312.09008). Written from the paper and
-../shared/spec/baselines.md; the authors' code (jiwoogit/StyleID) was read to understand it, not
+docs/baselines.md; the authors' code (jiwoogit/StyleID) was read to understand it, not
 copied. Defaults in conf/method/styleid.yaml; our reading is in docs/baselines.md.
 
 Settings (paper): Stable Diffusion 1.5, no text prompt (empty prompt embedding, no CFG); DDIM

@@ -1,6 +1,6 @@
 """Colour distribution distance, output vs reference(s).
 
-Hellinger distance between 3D CIE Lab colour histograms (spec/metrics.md lists Lab histograms as an
+Hellinger distance between 3D CIE Lab colour histograms (docs/metrics.md lists Lab histograms as an
 alternative to HistoGAN's RGB-uv histograms; Afifi, Brubaker, Brown, "HistoGAN", CVPR 2021, compare
 histograms with the Hellinger distance too). H(p, q) = sqrt(1 - sum_i sqrt(p_i q_i)), in [0, 1]:
 0 for identical colour distributions, 1 for disjoint ones. Fixed bin edges (L in [0, 100], a and b

@@ -32,7 +32,7 @@ Metrics:
 - `DINOAppearanceSimilarity` (the appearance similarity of the evaluation of Alaluf et al.,
   "Cross-Image Attention for Zero-Shot Appearance Transfer", SIGGRAPH 2024, after Splice's appearance
   term): cosine of the CLS tokens x 100;
-- `CorrespondenceColourError` (ours, spec/metrics.md): the mean CIE Lab colour difference between each
+- `CorrespondenceColourError` (ours, docs/metrics.md): the mean CIE Lab colour difference between each
   output location and its DINO-nearest reference location.
 """
 

@@ -82,7 +82,7 @@ def to_lpips_input(image: torch.Tensor) -> torch.Tensor:
     """LPIPS: (1, 3, H, W) in [-1, 1], the range the lpips package expects without normalize=True.
 
     The lpips network accepts a [0, 1] tensor without complaint and silently scores it lower (the
-    pitfall of spec/metrics.md). So nothing calls the network with a raw tensor: the one LPIPS
+    pitfall of docs/metrics.md). So nothing calls the network with a raw tensor: the one LPIPS
     wrapper (`perceptual.LPIPSNetwork`) takes harness images, checked to be in [0, 1], and converts
     them here.
     """

@@ -3,7 +3,7 @@
 SSIM: Wang, Bovik, Sheikh, Simoncelli, "Image Quality Assessment: From Error Visibility to
 Structural Similarity", IEEE TIP 2004; torchmetrics' implementation with its defaults (Gaussian
 window 11, sigma 1.5, K1 0.01, K2 0.03). The data range is fixed at 1.0 (grey in [0, 1]): left unset,
-torchmetrics infers it per batch from the data, which makes scores incomparable (spec/metrics.md).
+torchmetrics infers it per batch from the data, which makes scores incomparable (docs/metrics.md).
 Grey is ITU-R BT.601 luma (torchvision `rgb_to_grayscale`), so colour changes alone barely move it.
 """
 

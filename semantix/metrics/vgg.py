@@ -22,7 +22,7 @@ following its evaluation code: relu3_1 features at a fixed 512 x 512 input (CFSD
 of locations, so the size is fixed), lower is better. Definition in `cfsd_from_features`.
 
 Gram distance: the Gram-matrix style distance of Gatys, Ecker, Bethge ("Image Style Transfer Using
-Convolutional Neural Networks", CVPR 2016) over relu1_1..relu5_1, as defined in spec/metrics.md, lower
+Convolutional Neural Networks", CVPR 2016) over relu1_1..relu5_1, as defined in docs/metrics.md, lower
 is better. StyleID's evaluation `GramLoss` is NOT this: it sums each layer's whole "Gram" product into
 one scalar (the squared norm of the flattened features) and takes the MSE of those scalars, which
 discards all channel correlations; we follow the definition in `gram_distance` instead.
