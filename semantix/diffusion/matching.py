@@ -175,16 +175,17 @@ def match_displacement(
     (``max(|dy|, |dx|)``), so ``<= 1`` means "one of the 3x3 cells around its own position".
     """
     h, w = query_hw
-    sizes = torch.tensor([rh * rw for rh, rw in ref_hws], device=indices.device)
-    ends = sizes.cumsum(0)
-    k = torch.searchsorted(ends, indices, right=True)
-    local = indices - (ends - sizes)[k]
-    ref_h = torch.tensor([rh for rh, _ in ref_hws], device=indices.device)[k]
-    ref_w = torch.tensor([rw for _, rw in ref_hws], device=indices.device)[k]
-    ry = torch.div(local, ref_w, rounding_mode="floor").float() / (ref_h - 1).clamp(min=1) * max(h - 1, 0)
-    rx = (local % ref_w).float() / (ref_w - 1).clamp(min=1) * max(w - 1, 0)
-    qy = torch.arange(h, device=indices.device).repeat_interleave(w).float()
-    qx = torch.arange(w, device=indices.device).repeat(h).float()
+    device = indices.device
+    # Every reference location's coordinates on the query grid, built on the device (no host copy,
+    # so no synchronisation inside the sampling loop), then looked up by index.
+    ry, rx = [], []
+    for rh, rw in ref_hws:
+        local = torch.arange(rh * rw, device=device)
+        ry.append(torch.div(local, rw, rounding_mode="floor").float() * (max(h - 1, 0) / max(rh - 1, 1)))
+        rx.append((local % rw).float() * (max(w - 1, 0) / max(rw - 1, 1)))
+    ry, rx = torch.cat(ry)[indices], torch.cat(rx)[indices]
+    qy = torch.arange(h, device=device).repeat_interleave(w).float()
+    qx = torch.arange(w, device=device).repeat(h).float()
     return torch.maximum((ry - qy).abs(), (rx - qx).abs())
 
 
