@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
+import semantix.diffusion.energy as energy_module
 from semantix.diffusion import (
     DDPMStepper,
     Inversion,
@@ -582,7 +584,8 @@ def test_gather_matched_and_clamp():
 
 
 @pytest.mark.parametrize("batched", [True, False])
-def test_clamped_energy_gradient_per_term(batched):
+def test_clamped_energy_gradient_per_term(batched, monkeypatch):
+    monkeypatch.setattr(energy_module, "_batched_unavailable", None)  # whatever an earlier test met
     x = torch.randn(3, 4, requires_grad=True)
     terms = {"a": 10.0 * (x**2).sum(), "b": (x * 0.1).sum(), "c": torch.tensor(2.0)}
     gradients = clamped_energy_gradient(terms, x, limit=1.0, batched=batched)
@@ -598,3 +601,57 @@ def test_clamped_energy_gradient_per_term(batched):
     torch.testing.assert_close(gradients.max_abs["b"], torch.full((3,), 0.1))
     assert gradients.clamped_fraction["b"].tolist() == [0.0] * 3
     assert gradients.max_abs["c"].tolist() == [0.0] * 3
+    assert energy_module._batched_unavailable is None  # elementwise ops have vmap batching rules
+
+
+def _conv_energies(conv, x):
+    y = torch.nn.functional.silu(conv(x))
+    return {"a": 10.0 * (y**2).mean(), "b": y.mean(), "c": y[:, :1].abs().mean()}
+
+
+def test_batched_energy_gradient_falls_back_to_separate_passes_with_one_warning(monkeypatch, caplog):
+    # A convolution's backward has no batching rule in the legacy vmap behind is_grads_batched: it
+    # loops over the batch. The first such pass warns once; later calls use separate passes.
+    monkeypatch.setattr(energy_module, "_batched_unavailable", None)
+    batched_calls = []
+    original = energy_module._batched_vjp
+    monkeypatch.setattr(energy_module, "_batched_vjp", lambda *a, **k: batched_calls.append(1) or original(*a, **k))
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+    x = torch.randn(2, 2, 5, 5, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    separate = clamped_energy_gradient(_conv_energies(conv, x), x, batched=False)
+    with caplog.at_level(logging.WARNING, logger="semantix.diffusion.energy"):
+        first = clamped_energy_gradient(_conv_energies(conv, x), x, batched=True)
+        second = clamped_energy_gradient(_conv_energies(conv, x), x, batched=True)
+    warned = [r.getMessage() for r in caplog.records if "is_grads_batched" in r.getMessage()]
+    assert len(warned) == 1 and "aten::convolution_backward" in warned[0]
+    assert len(batched_calls) == 1  # the second call ran separate passes
+    for gradients in (first, second):
+        torch.testing.assert_close(gradients.total, separate.total)
+        for k in separate.per_term:
+            torch.testing.assert_close(gradients.per_term[k], separate.per_term[k])
+    # fallback=False always runs the batched pass (what the benchmark times), without a new warning.
+    forced = clamped_energy_gradient(_conv_energies(conv, x), x, batched=True, fallback=False)
+    torch.testing.assert_close(forced.total, separate.total)
+    assert len(batched_calls) == 2 and len([r for r in caplog.records if "is_grads_batched" in r.getMessage()]) == 1
+
+
+def test_failing_batched_energy_gradient_falls_back_on_the_kept_graph(monkeypatch, caplog):
+    monkeypatch.setattr(energy_module, "_batched_unavailable", None)
+    grad = torch.autograd.grad
+
+    def no_batched_grad(*args, is_grads_batched=False, **kwargs):
+        if is_grads_batched:
+            raise RuntimeError("vmap: no rule for this op\nmore detail")
+        return grad(*args, **kwargs)
+
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+    x = torch.randn(1, 2, 5, 5, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    separate = clamped_energy_gradient(_conv_energies(conv, x), x, batched=False)
+    monkeypatch.setattr(torch.autograd, "grad", no_batched_grad)
+    with caplog.at_level(logging.WARNING, logger="semantix.diffusion.energy"):
+        gradients = clamped_energy_gradient(_conv_energies(conv, x), x, batched=True)
+    torch.testing.assert_close(gradients.total, separate.total)
+    assert energy_module._batched_unavailable == "failed (vmap: no rule for this op)"
+    assert "failed (vmap: no rule for this op)" in caplog.text
+    with pytest.raises(RuntimeError, match="no rule"):  # without fallback the error is the caller's
+        clamped_energy_gradient(_conv_energies(conv, x), x, batched=True, fallback=False)

@@ -1,5 +1,5 @@
 """The Semantix energy terms (He et al., "Semantix: An Energy-guided Sampler for Semantic Style
-Transfer", ICLR 2025, Sec. 3 as read in docs/method.md / spec section 3) and guidance helpers.
+Transfer", ICLR 2025, Sec. 3 as read in docs/method.md) and guidance helpers.
 
 All terms take channel-first feature maps ``(..., C, h, w)`` (``(C, h, w)``, ``(B, C, h, w)``, or
 ``(B, F, C, h, w)``); features are L2-normalised per location (cosine similarity over the channel
@@ -9,6 +9,9 @@ axis), and the mean runs over every location and every leading index. They are d
 
 from __future__ import annotations
 
+import logging
+import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -26,6 +29,8 @@ __all__ = [
 ]
 
 _EPS = 1e-8
+
+log = logging.getLogger(__name__)
 
 
 def _one_minus_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -116,8 +121,16 @@ class TermGradients:
     clamped_fraction: dict[str, torch.Tensor]
 
 
+# Why batched backward passes are off in this process (None: not known to be slow). Set by the first
+# batched backward that meets vmap's slow path or fails; from then on per-term gradients use separate
+# passes, with one logged warning. Per process, as the graph is always the same UNet's.
+_batched_unavailable: str | None = None
+_VMAP_FALLBACK = re.compile(r"not yet implemented the batching rule for (\S+?)\.? ")
+
+
 def clamped_energy_gradient(
-    terms: Mapping[str, torch.Tensor], x: torch.Tensor, limit: float | None = 1.0, batched: bool = True
+    terms: Mapping[str, torch.Tensor], x: torch.Tensor, limit: float | None = 1.0, batched: bool = True,
+    fallback: bool = True,
 ) -> TermGradients:
     """``g = sum_k clamp(d E_k / d x)``: per-term gradients, each clamped, then summed (Semantix step 3).
 
@@ -126,15 +139,25 @@ def clamped_energy_gradient(
     vector-Jacobian product per term; ``batched`` computes them in ONE backward pass through the
     network (``torch.autograd.grad(..., is_grads_batched=True)``, i.e. vmap over the backward), equal
     to the separate passes (tested); ``batched=False`` runs one backward pass per term.
+
+    ``is_grads_batched`` runs on torch's legacy vmap, which has no batching rule for the backward of
+    convolution, group/layer norm, SiLU, GELU, upsampling or CPU attention: through a UNet each such
+    op loops over the batch (measured: results/benchmarks/semantix-gradients-cpu.json). With
+    ``fallback`` (default), the first batched pass that meets such a loop, or fails, logs ONE warning
+    naming the ops and every later call in the process uses separate passes (the values are the same);
+    ``fallback=False`` always runs the batched pass (benchmarks time it that way).
     """
+    global _batched_unavailable
     live = [k for k, e in terms.items() if isinstance(e, torch.Tensor) and e.requires_grad]
     raw = dict.fromkeys(terms)
-    if len(live) > 1 and batched:
-        (stacked,) = torch.autograd.grad(
-            torch.stack([terms[k] for k in live]), x,
-            grad_outputs=torch.eye(len(live), device=x.device, dtype=terms[live[0]].dtype),
-            is_grads_batched=True, allow_unused=True, materialize_grads=True,
-        )
+    stacked = None
+    if len(live) > 1 and batched and (_batched_unavailable is None or not fallback):
+        stacked, reason = _batched_vjp([terms[k] for k in live], x, keep_graph=fallback)
+        if reason is not None and fallback and _batched_unavailable is None:
+            _batched_unavailable = reason
+            log.warning("per-term energy gradients: the batched backward pass (is_grads_batched) %s; using one "
+                        "backward pass per term from now on in this process (same values)", reason)
+    if stacked is not None:
         raw.update(zip(live, stacked.detach(), strict=True))
     else:
         for j, name in enumerate(live):
@@ -151,3 +174,36 @@ def clamped_energy_gradient(
         for k, g in raw.items()
     }
     return TermGradients(sum(per_term.values(), zeros), per_term, max_abs, clamped_fraction)
+
+
+def _batched_vjp(energies: list[torch.Tensor], x: torch.Tensor,
+                 keep_graph: bool) -> tuple[torch.Tensor | None, str | None]:
+    """``d energies[k] / d x`` for every k in one vmapped backward pass, stacked ``(K, *x.shape)``, and
+    why it was slow or failed (None when it ran batched throughout). On failure the gradients are
+    None; ``keep_graph`` keeps the graph so that separate passes can follow."""
+    enabled = torch._C._debug_only_are_vmap_fallback_warnings_enabled()
+    torch._C._debug_only_display_vmap_fallback_warnings(True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            (stacked,) = torch.autograd.grad(
+                torch.stack(energies), x,
+                grad_outputs=torch.eye(len(energies), device=x.device, dtype=energies[0].dtype),
+                is_grads_batched=True, retain_graph=keep_graph, allow_unused=True, materialize_grads=True,
+            )
+    except RuntimeError as error:
+        if not keep_graph:
+            raise
+        return None, f"failed ({str(error).splitlines()[0][:200]})"
+    finally:
+        torch._C._debug_only_display_vmap_fallback_warnings(enabled)
+    slow = set()
+    for w in caught:
+        match = _VMAP_FALLBACK.search(str(w.message))
+        if match:
+            slow.add(match.group(1))
+        else:  # anything else is the caller's to see
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    if slow:
+        return stacked, f"loops over the batch in vmap's fallback for {', '.join(sorted(slow))}"
+    return stacked, None

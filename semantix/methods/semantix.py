@@ -85,6 +85,7 @@ class Semantix(Method):
         energy_scale: float = 10.0,
         grad_clamp: float | None = 1.0,
         batched_gradients: bool = True,
+        batch_cfg_inversion: bool = False,
         guidance_apply: str = "eps",
         match_on: str = "context",
         match_chunk_size: int = 1024,
@@ -123,6 +124,7 @@ class Semantix(Method):
         self.energy_scale = energy_scale
         self.grad_clamp = grad_clamp
         self.batched_gradients = batched_gradients
+        self.batch_cfg_inversion = batch_cfg_inversion
         self.guidance_apply = guidance_apply
         self.match_on = match_on
         self.match_chunk_size = match_chunk_size
@@ -261,11 +263,11 @@ class Semantix(Method):
         return i == self.adain_start_step if self.adain_mode == "once" else i >= self.adain_start_step
 
     # -- pieces --------------------------------------------------------------------------------------
-    def _eps_fn(self, cond: torch.Tensor, capture: Sequence[str] = ()) -> UNetEpsFn:
-        # Two separate passes (no batched CFG) so the guided sampler, whose conditional pass needs a
-        # gradient, computes exactly the same numbers as the inversion did.
+    def _eps_fn(self, cond: torch.Tensor, capture: Sequence[str] = (), batch_cfg: bool = False) -> UNetEpsFn:
+        # Two separate passes (no batched CFG) by default so the guided sampler, whose conditional pass
+        # needs a gradient, computes exactly the same numbers as the inversion did.
         return UNetEpsFn(self.unet, cond, self.uncond_embedding, self.guidance_scale, capture=capture,
-                         batch_cfg=False)
+                         batch_cfg=batch_cfg)
 
     def invert(self, image: torch.Tensor, image_sha256: str | None, prompt: str, seed: int, role: str) -> Inversion:
         """Inversion with features, from the on-disk cache when an identical one was made before."""
@@ -301,8 +303,11 @@ class Semantix(Method):
 
     def _inversion_eps_fn(self, cond: torch.Tensor):
         """``eps_fn(x_t, t) -> (eps, features)`` of the inversion: CFG prediction and the decoder features
-        in `feature_dtype`; a video latent runs in blended frame windows (features blended too)."""
-        eps_fn = self._eps_fn(cond, capture=self.feature_blocks)
+        in `feature_dtype`; a video latent runs in blended frame windows (features blended too).
+        With `batch_cfg_inversion` the unconditional and conditional passes run as one batch of 2B: the
+        sampler's separate passes then differ from the inversion's by float rounding, so a zero-guidance
+        output retraces the context to ~5e-5 instead of ~1e-8 (tiny backbone; docs/method.md, "Inversion")."""
+        eps_fn = self._eps_fn(cond, capture=self.feature_blocks, batch_cfg=self.batch_cfg_inversion)
 
         def eps_with_stored_features(x_t, t):
             eps, feats = eps_fn(x_t, t)
