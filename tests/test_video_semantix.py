@@ -204,25 +204,30 @@ def test_video_energies_sum_the_per_frame_energies(make, clip):
     method = make()
     _, context, reference = branches(method, clip)
     output = {k: v[0].float() + 0.1 for k, v in context.features[2].items()}  # (F, C, h, w) per block
-    video = method._sample_energies(output, context.features[2], [reference.features[2]])
+    video, video_matches = method._sample_energies(output, context.features[2], [reference.features[2]])
     ref_frame = {k: v[0, 0] for k, v in reference.features[2].items()}
     frames = [method._frame_energies({k: v[f] for k, v in output.items()},
                                      {k: v[0, f] for k, v in context.features[2].items()}, [ref_frame])
               for f in range(FRAMES)]
     for name, value in video.items():
-        assert torch.allclose(value, torch.stack([e[name] for e in frames]).sum(), atol=1e-5)
+        assert torch.allclose(value, torch.stack([e[name] for e, _ in frames]).sum(), atol=1e-5)
+    # Match statistics: the mean over frames.
+    assert set(video_matches) == set(frames[0][1])
+    for name, value in video_matches.items():
+        assert torch.allclose(value, torch.stack([m[name] for _, m in frames]).mean(), atol=1e-6)
 
 
 def test_diagnostics_report_the_per_frame_mean_energy(make, clip):
     method = make(window_size=8)  # one window: the features below come from the same UNet call
     cond, context, reference = branches(method, clip)
     x = context.xts[0]
-    _, _, energies = method._guided_prediction(x, int(method.stepper.timesteps[0]), 0, cond, [context.features[0]],
-                                               [[reference.features[0]]])
+    _, _, stats = method._guided_prediction(x, int(method.stepper.timesteps[0]), 0, cond, [context.features[0]],
+                                            [[reference.features[0]]])
     output = {k: v.float() for k, v in method._inversion_eps_fn(cond)(x, int(method.stepper.timesteps[0]))[1].items()}
-    summed = method._energies(output, [context.features[0]], [[reference.features[0]]])
-    for name, value in energies.items():
-        assert torch.allclose(value, summed[name] / FRAMES, atol=1e-3)  # float16 features in the sum
+    summed, _ = method._energies(output, [context.features[0]], [[reference.features[0]]])
+    assert set(summed) == {"style", "spatial", "reg"}
+    for name, value in summed.items():
+        assert torch.allclose(stats[f"energy_{name}"], value / FRAMES, atol=1e-3)  # float16 features in the sum
 
 
 def test_window_longer_than_the_motion_modules_is_a_clear_error(video_backbone, tmp_path):
