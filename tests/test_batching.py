@@ -23,8 +23,9 @@ def semantix(backbone, tmp_path):
 
 def test_semantix_batch_equals_one_sample_at_a_time(semantix, demo):
     # Two single-reference samples and a multi-reference one, each with its own seed. The UNet's
-    # float rounding depends on the batch size (about 1e-6 here); guided steps carry that into the
-    # output at the 1e-4 level, hence the tolerances.
+    # float rounding depends on the batch size (about 1e-6 here); guided steps at DragonDiffusion's gain
+    # (energy_scale 10) carry that into the output at the 1e-3 level (measured 1.2e-3, a third of an
+    # 8-bit level) and into the per-step diagnostics at about 1% (measured 1.3%), hence the tolerances.
     singles = [s for s in demo.values() if len(s.references) == 1][:2]
     multi = next(s for s in demo.values() if len(s.references) > 1)
     samples = [*singles, multi]
@@ -33,9 +34,9 @@ def test_semantix_batch_equals_one_sample_at_a_time(semantix, demo):
     for sample, seed, out in zip(samples, seeds, batched, strict=True):
         alone = semantix(sample, torch.Generator().manual_seed(seed))
         assert out.image.shape == sample.content.shape
-        assert torch.allclose(out.image, alone.image, atol=1e-3), sample.sample_id
+        assert torch.allclose(out.image, alone.image, atol=3e-3), sample.sample_id
         for name, values in alone.diagnostics.items():
-            assert out.diagnostics[name] == pytest.approx(values, rel=1e-3, abs=1e-5), name
+            assert out.diagnostics[name] == pytest.approx(values, rel=3e-2, abs=1e-4), name
     # the samples really differ (a batch that repeated one sample would pass the loop above only by luck)
     assert (batched[0].image - batched[1].image).abs().max() > 1e-3
 
