@@ -18,7 +18,8 @@ SHORT_JOINT = {"num_steps": 6, "skip_steps": 2, "step_ranges": [[0, 4], [0, 4]],
 SETTINGS = {
     "semantix": {"num_steps": 3},
     "styleid": {"num_steps": 3},
-    "stylegallery": {"inversion_steps": 2, "opt_steps": 2, "kmeans_n_init": 2, "k_max": 4},
+    "stylegallery": {"inversion_steps": 2, "opt_steps": 2, "kmeans_n_init": 2, "k_max": 4, "dinov2_weights": "random",
+                     "depth_model": "random"},
     "eye_for_an_eye": {**SHORT_JOINT, "stats_start_step": 2},
     "cross_image_attention": {**SHORT_JOINT, "adain_start_step": 2},
 }

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import CONF_DIR, compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -19,20 +20,27 @@ from semantix.diffusion.regions import (
     cluster_distance,
     cluster_regions,
     match_regions,
+    masked_style_target,
     merge_close_clusters,
+    merge_clusters_pairwise,
     positional_overlap,
     regional_attention,
     remove_small_regions,
     split_regions_by_depth,
+    split_regions_by_depth_span,
+    standardise_per_pixel,
     step_weights,
     token_labels,
     token_region_masks,
 )
 from semantix.methods.stylegallery import ImageRegions, StyleGallery
 from semantix.registry import METHODS
+from semantix.types import WeightsNotFoundError
 
 # Few steps and few K-means restarts: code paths, not quality (the tiny UNet has random weights).
-SMALL = {"inversion_steps": 2, "opt_steps": 2, "kmeans_n_init": 2, "k_max": 4}
+# DINOv2 and the depth model with seeded random weights, as the metric tests do (offline, code paths).
+SMALL = {"inversion_steps": 2, "opt_steps": 2, "kmeans_n_init": 2, "k_max": 4, "dinov2_weights": "random",
+         "depth_model": "random"}
 
 
 # -- stage 1 -----------------------------------------------------------------------------------------
@@ -59,6 +67,104 @@ def test_step_weights_favour_less_noisy_steps():
     w = step_weights(4)  # noisiest first
     assert np.allclose(w, [0.1, 0.2, 0.3, 0.4]) and np.all(np.diff(w) > 0)
     assert np.allclose(step_weights(3, "uniform"), 1 / 3)
+
+
+def test_sigmoid_step_weights_are_upstreams():
+    # Upstream (pipeline.py: weighted_features), rewritten: over the inversion order (least noisy first).
+    total = 15
+    indices = torch.arange(total)
+    upstream = 1 / (1 + torch.exp(5 * (indices / total - 0.7)))
+    upstream = (upstream / upstream.sum()).numpy()
+    ours = step_weights(total, "sigmoid")  # noisiest first
+    assert np.allclose(ours[::-1], upstream, atol=1e-7)
+    # Weighted features: upstream stacks the inversion-order features; ours are noisiest first.
+    feats = torch.randn(total, 1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    expected = (feats * torch.as_tensor(upstream, dtype=torch.float32)[:, None, None, None, None]).sum(0)[0]
+    from semantix.diffusion.regions import weighted_features
+    assert torch.allclose(weighted_features(feats.flip(0)[:, 0], ours), expected, atol=1e-6)
+
+
+def _upstream_merge(labels, centroids_count, features, threshold, depth=None, depth_threshold=None):
+    """StyleGallery's merge_similar_clusters (pipeline.py), rewritten for the test."""
+    pixel_means = torch.stack([features[labels == i].mean(0) for i in range(centroids_count)]).float()
+    distances = torch.cdist(pixel_means, pixel_means)
+    lock = depth is not None
+    if lock:
+        d = torch.as_tensor(depth).float().view(-1)
+        d = (d - d.min()) / (d.max() - d.min() + 1e-6)
+        depth_means = torch.stack([d[labels == i].mean() for i in range(centroids_count)])
+        depth_distances = (depth_means[None] - depth_means[:, None]).abs()
+    mapping = torch.arange(centroids_count)
+    merge_map = {}
+    for i in range(centroids_count):
+        for j in range(i + 1, centroids_count):
+            if distances[i, j] < threshold and (not lock or depth_distances[i, j] < depth_threshold):
+                merge_map[j] = i
+    for remove in list(merge_map):
+        keep = merge_map[remove]
+        while keep in merge_map:
+            keep = merge_map[keep]
+        merge_map[remove] = keep
+    for remove, keep in merge_map.items():
+        mapping[mapping == remove] = keep
+    _, inverse = torch.unique(mapping, return_inverse=True)
+    return inverse[labels]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cluster_merge_is_upstreams_rule(seed):
+    g = torch.Generator().manual_seed(seed)
+    k, n = 8, 256
+    labels = torch.cat([torch.arange(k), torch.randint(0, k, (n - k,), generator=g)])
+    centres = torch.randn(k, 4, generator=g) * 0.6
+    latent = centres[labels] + 0.3 * torch.randn(n, 4, generator=g)  # 4-channel image latent per pixel
+    depth = torch.rand(n, generator=g)
+    for threshold in (0.5, 0.85, 1.2):
+        expected = _upstream_merge(labels, k, latent, threshold)
+        ours = merge_clusters_pairwise(labels.numpy(), latent.numpy(), threshold)
+        assert np.array_equal(ours, expected.numpy())
+        expected = _upstream_merge(labels, k, latent, threshold, depth, 0.3)
+        ours = merge_clusters_pairwise(labels.numpy(), latent.numpy(), threshold, depth=depth.numpy(),
+                                       depth_threshold=0.3)
+        assert np.array_equal(ours, expected.numpy())
+
+
+def test_initial_latent_is_upstreams_per_pixel_standardisation():
+    x = torch.randn(1, 4, 9, 7, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    # Upstream (pipeline.py: remove_style), rewritten.
+    expected = (x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True) + 1e-8)
+    assert torch.allclose(standardise_per_pixel(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_masked_tempered_style_target_is_upstreams(seed):
+    g = torch.Generator().manual_seed(seed)
+    b, heads, n, m, d = 1, 4, 36, 25, 8
+    q, k, v = (torch.randn(b, heads, length, d, generator=g) for length in (n, m, m))
+    content = (torch.rand(n, generator=g) > 0.5).float()
+    style = (torch.rand(m, generator=g) > 0.6).float()
+    # Upstream (pipeline.py: get_style_loss -> utils.style_loss, scale=1.5), rewritten: masks of shape
+    # (1, 1, tokens, 1) multiply the per-head tensors; the zeroed keys stay in the softmax.
+    expected = F.scaled_dot_product_attention(q * content.reshape(1, 1, n, 1) * 1.5,
+                                              k * style.reshape(1, 1, m, 1), v * style.reshape(1, 1, m, 1))
+    merge = lambda x: x.transpose(1, 2).reshape(b, x.shape[2], heads * d)  # noqa: E731
+    ours = masked_style_target(merge(q), merge(k), merge(v), heads, content, style, query_scale=1.5)
+    assert torch.allclose(ours, merge(expected), atol=1e-6)
+    # Zeroed keys in the softmax are not the same as excluding them (the earlier reading).
+    excluded = regional_attention(merge(q) * 1.5, merge(k), merge(v), heads, torch.zeros(n, dtype=torch.long),
+                                  style.bool()[None], torch.zeros(1, dtype=torch.long))
+    assert not torch.allclose(ours[:, content.bool()], excluded[:, content.bool()], atol=1e-3)
+
+
+def test_depth_span_split_as_upstream():
+    labels = np.zeros((8, 8), dtype=np.int64)
+    depth = np.full((8, 8), 0.05)
+    depth[:, 4:] = 0.95
+    split = split_regions_by_depth_span(labels, depth, 0.75)
+    assert split.max() == 1 and len(np.unique(split[:, :4])) == 1 and len(np.unique(split[:, 4:])) == 1
+    assert split[0, 0] != split[0, 7]
+    assert split_regions_by_depth_span(labels, depth, 1.01).max() == 0  # span under the threshold
+    assert split_regions_by_depth_span(labels[:4, :4], depth[:4, :4] * 0 + np.eye(4), 0.75, min_pixels=20).max() == 0
 
 
 def test_small_regions_take_their_most_common_neighbour():
@@ -92,7 +198,7 @@ def test_depth_split_separates_two_depth_modes():
     assert split.max() == 1 and (split[:, :4] == 0).all() and (split[:, 4:] == 1).all()
     assert split_regions_by_depth(labels, np.full((8, 8), 0.5), min_gap=0.2).max() == 0
     with pytest.raises(ValueError, match="depth_model"):
-        StyleGallery(depth_split=True)
+        StyleGallery(depth_split=True, depth_model=None)
 
 
 # -- stage 2 -----------------------------------------------------------------------------------------
@@ -186,7 +292,8 @@ def test_runs_changes_the_content_and_is_deterministic(method, demo, backbone):
     assert (out.image - sample.content).abs().mean() > 1e-3
     diag = out.diagnostics
     json.dumps(diag)
-    assert len(diag["loss"]) == SMALL["opt_steps"] and diag["loss_content"][0] == 0.0  # starts at the content
+    # Upstream starts from the standardised last inversion latent, not the content: content loss > 0.
+    assert len(diag["loss"]) == SMALL["opt_steps"] and diag["loss_content"][0] > 0.0
     assert [r["image"] for r in diag["regions"]] == ["content", "reference_0"]
     assert len(diag["matches"]) == diag["regions"][0]["regions"]
     assert all(not mod._forward_hooks for mod in backbone.unet.modules())  # capture hooks removed
@@ -196,14 +303,41 @@ def test_runs_changes_the_content_and_is_deterministic(method, demo, backbone):
     assert torch.equal(out.image, again.image) and out.diagnostics == again.diagnostics
 
 
-def test_zero_steps_return_the_decoded_content_latent(backbone, cache_dir, demo):
+def test_zero_steps_return_the_decoded_initial_latent(backbone, cache_dir, demo):
+    from semantix.diffusion.ddim import ddim_invert
+    from semantix.diffusion.eps import UNetEpsFn
+
+    sample = single(demo)
     method = StyleGallery(**{**SMALL, "opt_steps": 0})
     method.prepare(backbone, cache_dir)
-    sample = single(demo)
     out = method(sample, torch.Generator().manual_seed(0))
-    reconstruction = backbone.decode_latents(backbone.encode_images(sample.content[None]))[0]
-    assert torch.equal(out.image, reconstruction)
-    assert out.diagnostics["loss"] == []
+    # Upstream's start: the last latent of the 15-step (here 2-step) inversion, standardised per pixel.
+    latent = backbone.encode_images(sample.content[None])
+    last = ddim_invert(latent, UNetEpsFn(backbone.unet, method.embedding), method.inversion_scheduler).xts[0]
+    expected = backbone.decode_latents(standardise_per_pixel(last.float()))[0]
+    assert torch.allclose(out.image, expected, atol=1e-5)
+    assert out.diagnostics["loss"] == [] and out.diagnostics["init_latent"] == "inversion_standardised"
+    content = StyleGallery(**{**SMALL, "opt_steps": 0, "init_latent": "content"})
+    content.prepare(backbone, cache_dir)
+    reconstruction = backbone.decode_latents(latent)[0]
+    assert torch.equal(content(sample, torch.Generator().manual_seed(0)).image, reconstruction)
+
+
+def test_earlier_readings_still_run(backbone, cache_dir, demo):
+    method = StyleGallery(**{**SMALL, "init_latent": "content", "style_target": "exclusive", "merge_features": "pca",
+                             "feature_normalization": "location", "region_block": "up_blocks.3",
+                             "step_weighting": "linear", "depth_rule": "otsu", "semantic_features": "backbone"})
+    method.prepare(backbone, cache_dir)
+    out = method(single(demo), torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.image).all() and out.diagnostics["loss_content"][0] == 0.0
+
+
+def test_missing_depth_weights_name_the_key(backbone, cache_dir, tmp_path):
+    method = StyleGallery(**{**SMALL, "depth_model": str(tmp_path / "no-such-model")})
+    with pytest.raises(WeightsNotFoundError, match="depth_model"):
+        method.prepare(backbone, cache_dir)
+    method = StyleGallery(**{**SMALL, "depth_split": False, "depth_model": str(tmp_path / "no-such-model")})
+    method.prepare(backbone, cache_dir)  # depth splitting off: the model is not needed
 
 
 def test_multi_reference(method, demo):
@@ -226,14 +360,18 @@ def test_config_keys_match_the_constructor():
     assert isinstance(METHODS.build("stylegallery", **cfg), StyleGallery)
     fast = compose(["method=stylegallery_fast"]).method.stylegallery_fast
     assert fast.opt_steps == 10 and fast.name == "stylegallery"
+    assert fast.depth_split and fast.dinov2_weights == "random" and fast.depth_model == "random"
     assert instantiate(fast).opt_steps == 10
 
 
 def test_dinov2_semantic_features_are_optional(backbone, cache_dir, demo):
     with pytest.raises(ValueError, match="dinov2_weights"):
-        StyleGallery(semantic_features="dinov2")
+        StyleGallery(semantic_features="dinov2", dinov2_weights=None)
+    method = StyleGallery(**{**SMALL, "dinov2_weights": "/no/such/dinov2"})
+    with pytest.raises(WeightsNotFoundError, match="dinov2_weights"):
+        method.prepare(backbone, cache_dir)
     # Seeded random DINOv2 weights: the code path only (numbers meaningless).
-    method = StyleGallery(**{**SMALL, "opt_steps": 0}, semantic_features="dinov2", dinov2_weights="random")
+    method = StyleGallery(**{**SMALL, "opt_steps": 0}, semantic_features="dinov2")
     method.prepare(backbone, cache_dir)
     sample = single(demo)
     assert method._dinov2_tokens(sample.content).shape == (768, 16, 16)

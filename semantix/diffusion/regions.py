@@ -46,7 +46,10 @@ __all__ = [
     "compact_labels",
     "cosine_similarity_matrix",
     "match_regions",
+    "masked_style_target",
     "merge_close_clusters",
+    "merge_clusters_pairwise",
+    "nearest_token_labels",
     "one_hot_regions",
     "pooled_region_features",
     "positional_overlap",
@@ -54,6 +57,8 @@ __all__ = [
     "regional_attention",
     "remove_small_regions",
     "split_regions_by_depth",
+    "split_regions_by_depth_span",
+    "standardise_per_pixel",
     "statistics_similarity",
     "step_weights",
     "token_grid",
@@ -62,7 +67,8 @@ __all__ = [
     "weighted_features",
 ]
 
-STEP_WEIGHTINGS = ("linear", "uniform")
+STEP_WEIGHTINGS = ("sigmoid", "linear", "uniform")
+FEATURE_NORMALIZATIONS = ("channel", "location", "none")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -71,12 +77,18 @@ STEP_WEIGHTINGS = ("linear", "uniform")
 def step_weights(num_steps: int, scheme: str = "linear") -> np.ndarray:
     """Weights of ``num_steps`` inversion steps ordered noisiest first, summing to 1.
 
-    ``linear``: ``w_i proportional to i + 1`` (the least noisy step weighs ``num_steps`` times the
-    noisiest one); ``uniform``: all equal.
+    ``sigmoid`` (StyleGallery's public code, ``pipeline.py: weighted_features``): in inversion order
+    (least noisy first, ``j = 0..T-1``) ``w_j proportional to 1 / (1 + exp(5 (j / T - 0.7)))``, so
+    the less noisy steps weigh more, returned reversed (noisiest first); ``linear``: ``w_i
+    proportional to i + 1`` (the least noisy step weighs ``num_steps`` times the noisiest one);
+    ``uniform``: all equal.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be positive, got {num_steps}")
-    if scheme == "linear":
+    if scheme == "sigmoid":
+        j = np.arange(num_steps, dtype=np.float64)
+        w = (1.0 / (1.0 + np.exp(5.0 * (j / num_steps - 0.7))))[::-1].copy()
+    elif scheme == "linear":
         w = np.arange(1, num_steps + 1, dtype=np.float64)
     elif scheme == "uniform":
         w = np.ones(num_steps, dtype=np.float64)
@@ -111,12 +123,14 @@ def cluster_regions(
     pca_components: int = 60,
     random_state: int = 0,
     n_init: int = 10,
-    normalize: bool = True,
+    normalize: bool | str = True,
     silhouette_sample_size: int | None = None,
 ) -> Clustering:
     """K-means regions of a ``(C, h, w)`` feature map, k chosen by the silhouette score.
 
-    1. Locations are rows of ``(h*w, C)``; with ``normalize`` each row is scaled to unit L2 norm.
+    1. Locations are rows of ``(h*w, C)``. ``normalize``: ``"channel"`` standardises each channel over
+       the locations (mean 0, unbiased std 1: StyleGallery's public code); ``"location"`` (or
+       ``True``) scales each row to unit L2 norm; ``"none"`` (or ``False``) leaves them.
     2. PCA to ``min(pca_components, h*w, C)`` components (full SVD, deterministic).
     3. For each ``k`` in ``k_min .. min(k_max, h*w - 1)``: K-means (``n_init`` restarts,
        ``random_state``) and ``silhouette_score`` of its labels (on ``silhouette_sample_size``
@@ -134,7 +148,12 @@ def cluster_regions(
         raise ValueError(f"features must be (C, h, w), got shape {feats.shape}")
     c, h, w = feats.shape
     x = feats.reshape(c, h * w).T.astype(np.float64)
-    if normalize:
+    mode = {True: "location", False: "none"}.get(normalize, normalize) if isinstance(normalize, bool) else normalize
+    if mode not in FEATURE_NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {FEATURE_NORMALIZATIONS}, got {normalize!r}")
+    if mode == "channel":
+        x = (x - x.mean(axis=0)) / np.maximum(x.std(axis=0, ddof=1), 1e-12)
+    elif mode == "location":
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     n = h * w
     reduced = PCA(n_components=min(pca_components, n, c), svd_solver="full").fit_transform(x)
@@ -199,6 +218,87 @@ def merge_close_clusters(labels: np.ndarray, features: np.ndarray, threshold: fl
             break
         flat[flat == ids[best[2]]] = ids[best[1]]
     return compact_labels(flat.reshape(np.asarray(labels).shape))
+
+
+def merge_clusters_pairwise(labels: np.ndarray, features: np.ndarray, threshold: float,
+                            depth: np.ndarray | None = None, depth_threshold: float | None = None) -> np.ndarray:
+    """StyleGallery's merge rule (public code, ``pipeline.py: merge_similar_clusters``), one pass.
+
+    ``features``: ``(N, D)`` per location in raster order (upstream: the 4-channel image latent).
+    The mean feature of every cluster is computed once; for every pair ``i < j`` with
+    ``||m_i - m_j||_2 < threshold`` (and, when ``depth`` is given, ``|d_i - d_j| < depth_threshold``
+    for the clusters' mean depths, the depth map normalised to ``[0, 1]`` over the image) cluster
+    ``j`` is mapped to ``i`` (the last such ``i`` wins); chains are followed to their root. Nothing
+    is recomputed after a merge. Returns compact labels of the input's shape.
+    """
+    shape = np.asarray(labels).shape
+    flat = compact_labels(np.asarray(labels).reshape(-1))
+    feats = np.asarray(features, dtype=np.float64).reshape(flat.shape[0], -1)
+    n = int(flat.max()) + 1
+    means = np.stack([feats[flat == i].mean(axis=0) for i in range(n)])
+    dist = np.linalg.norm(means[:, None] - means[None], axis=-1)
+    ok = dist < threshold
+    if depth is not None and depth_threshold is not None:
+        d = np.asarray(depth, dtype=np.float64).reshape(-1)
+        d = (d - d.min()) / (d.max() - d.min() + 1e-6)
+        dm = np.array([d[flat == i].mean() for i in range(n)])
+        ok &= np.abs(dm[:, None] - dm[None]) < depth_threshold
+    parent = {}
+    for i in range(n):
+        for j in range(i + 1, n):
+            if ok[i, j]:
+                parent[j] = i
+    root = np.arange(n)
+    for j in range(n):
+        r = j
+        while r in parent:
+            r = parent[r]
+        root[j] = r
+    return compact_labels(root[flat].reshape(shape))
+
+
+def split_regions_by_depth_span(labels: np.ndarray, depth: np.ndarray, span_threshold: float = 0.75,
+                                min_pixels: int = 20, random_state: int = 0) -> np.ndarray:
+    """StyleGallery's depth split (public code, ``pipeline.py: refine_with_depth``).
+
+    ``depth`` on the label grid is normalised to ``[0, 1]`` over the image; a region of at least
+    ``min_pixels`` whose depth span between its 5th and 95th percentile (sorted values at indices
+    ``int(0.05 n)`` and ``int(0.95 n)``) reaches ``span_threshold`` is split in two by 2-means of its
+    depths. Returns compact labels.
+    """
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    labels = np.asarray(labels).astype(np.int64)
+    d = np.asarray(depth, dtype=np.float64)
+    if d.shape != labels.shape:
+        raise ValueError(f"depth {d.shape} and labels {labels.shape} differ in shape")
+    d = (d - d.min()) / (d.max() - d.min() + 1e-6)
+    out = labels.copy()
+    next_label = int(labels.max()) + 1
+    for value in np.unique(labels):
+        inside = labels == value
+        n = int(inside.sum())
+        if n < min_pixels:
+            continue
+        values = np.sort(d[inside])
+        if values[int(0.95 * n)] - values[int(0.05 * n)] < span_threshold:
+            continue
+        with threadpool_limits(limits=1), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sub = KMeans(n_clusters=2, n_init=1, random_state=random_state).fit_predict(d[inside][:, None])
+        if 0 < sub.sum() < n:
+            idx = np.flatnonzero(inside.ravel())
+            out.flat[idx[sub == 1]] = next_label
+            next_label += 1
+    return compact_labels(out)
+
+
+def standardise_per_pixel(latent: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``(x - mean_c x) / (std_c x + eps)`` over the channel axis (dim 1, unbiased std) of a
+    ``(B, C, h, w)`` latent: StyleGallery's initialisation of the optimised latent from its last
+    inversion latent (public code, ``pipeline.py: remove_style``)."""
+    return (latent - latent.mean(dim=1, keepdim=True)) / (latent.std(dim=1, keepdim=True) + eps)
 
 
 def _neighbour_counts(component: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -432,6 +532,32 @@ def token_region_masks(labels, size: tuple[int, int], num_regions: int | None = 
     """
     masks = one_hot_regions(labels, num_regions)
     return F.adaptive_max_pool2d(masks[None], size)[0].flatten(1) > 0
+
+
+def nearest_token_labels(labels, size: tuple[int, int]) -> torch.Tensor:
+    """``(h*w,)`` label of each token of a ``size`` grid by nearest-neighbour resizing of the label map
+    (``F.interpolate(mode="nearest")``, as StyleGallery's public code resizes its region masks)."""
+    lab = torch.as_tensor(np.asarray(labels)).float()[None, None]
+    return F.interpolate(lab, size=size, mode="nearest")[0, 0].long().flatten()
+
+
+def masked_style_target(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                        query_mask: torch.Tensor, key_mask: torch.Tensor,
+                        query_scale: float = 1.5) -> torch.Tensor:
+    """StyleGallery's per-region style target (public code, ``utils.py: style_loss`` called from
+    ``pipeline.py: get_style_loss``): queries outside the content region and keys/values outside the
+    matched reference region are multiplied by zero, not removed, so the zeroed keys stay in the
+    softmax (logit 0, value 0); the queries are multiplied by ``query_scale`` before the usual
+    ``1 / sqrt(head_dim)`` scaling. ``q``: ``(B, N, C)``; ``k``, ``v``: ``(B, M, C)``; masks
+    ``(N,)``/``(M,)`` (0/1 or bool). Returns ``(B, N, C)``."""
+    b, n, c = q.shape
+    m = k.shape[1]
+    qm = q * query_mask.to(q.dtype).to(q.device)[None, :, None] * query_scale
+    km = k * key_mask.to(k.dtype).to(k.device)[None, :, None]
+    vm = v * key_mask.to(v.dtype).to(v.device)[None, :, None]
+    split = [x.reshape(b, x.shape[1], heads, c // heads).transpose(1, 2) for x in (qm, km, vm)]
+    out = F.scaled_dot_product_attention(*split)
+    return out.transpose(1, 2).reshape(b, n, c)
 
 
 def regional_attention(

@@ -39,18 +39,24 @@ from semantix.diffusion.ddim import ddim_invert
 from semantix.diffusion.eps import UNetEpsFn
 from semantix.diffusion.features import capture_block_outputs
 from semantix.diffusion.regions import (
+    FEATURE_NORMALIZATIONS,
     STEP_WEIGHTINGS,
     RegionMatch,
     cluster_regions,
     cosine_similarity_matrix,
+    masked_style_target,
     match_regions,
     merge_close_clusters,
+    merge_clusters_pairwise,
+    nearest_token_labels,
     pooled_region_features,
     positional_overlap,
     region_statistics,
     regional_attention,
     remove_small_regions,
     split_regions_by_depth,
+    split_regions_by_depth_span,
+    standardise_per_pixel,
     statistics_similarity,
     step_weights,
     token_grid,
@@ -62,6 +68,10 @@ from semantix.methods.base import Method
 from semantix.types import MethodOutput, Sample, WeightsNotFoundError
 
 SEMANTIC_FEATURES = ("backbone", "dinov2")
+INIT_LATENTS = ("inversion_standardised", "content")
+STYLE_TARGETS = ("masked", "exclusive")
+MERGE_FEATURES = ("image_latent", "pca")
+DEPTH_RULES = ("span", "otsu")
 DINOV2_SIZE = 224  # [ours] DINOv2 input side (16 x 16 patches of 14 px)
 
 
@@ -93,27 +103,35 @@ class StyleGallery(Method):
         # Stage 1: semantic regions
         inversion_steps: int = 15,
         prompt: str = "",
-        region_block: str = "up_blocks.3",
-        step_weighting: str = "linear",
-        normalize_features: bool = True,
+        region_block: str = "up_blocks.2",
+        step_weighting: str = "sigmoid",
+        feature_normalization: str = "channel",
         pca_components: int = 60,
         k_min: int = 2,
         k_max: int = 10,
         kmeans_n_init: int = 10,
         silhouette_sample_size: int | None = None,
+        merge_features: str = "image_latent",
         merge_threshold: float = 0.85,
         min_region_pixels: int = 20,
-        depth_split: bool = False,
-        depth_model: str | None = None,
+        depth_split: bool = True,
+        depth_model: str | None = "depth-anything/Depth-Anything-V2-Large-hf",
+        depth_rule: str = "span",
+        depth_span_threshold: float = 0.75,
+        depth_merge_threshold: float = 0.35,
+        depth_merge_gap: float = 0.3,
         depth_split_gap: float = 0.2,
         # Stage 2: region matching
         weight_statistics: float = 0.25,
         weight_semantic: float = 1.0,
         weight_position: float = 0.125,
-        semantic_features: str = "backbone",
-        dinov2_weights: str | None = None,
+        semantic_features: str = "dinov2",
+        dinov2_weights: str | None = "facebook/dinov2-base",
         # Stage 3: transfer
         attention_layers: Sequence[str | int] = ("up_blocks.2", "up_blocks.3"),
+        init_latent: str = "inversion_standardised",
+        style_target: str = "masked",
+        style_query_scale: float = 1.5,
         content_weight: float = 0.26,
         learning_rate: float = 0.05,
         opt_steps: int = 150,
@@ -125,6 +143,13 @@ class StyleGallery(Method):
             raise ValueError(f"step_weighting must be one of {STEP_WEIGHTINGS}, got {step_weighting!r}")
         if semantic_features not in SEMANTIC_FEATURES:
             raise ValueError(f"semantic_features must be one of {SEMANTIC_FEATURES}, got {semantic_features!r}")
+        for key, value, allowed in (("feature_normalization", feature_normalization, FEATURE_NORMALIZATIONS),
+                                    ("merge_features", merge_features, MERGE_FEATURES),
+                                    ("depth_rule", depth_rule, DEPTH_RULES),
+                                    ("init_latent", init_latent, INIT_LATENTS),
+                                    ("style_target", style_target, STYLE_TARGETS)):
+            if value not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
         if semantic_features == "dinov2" and not dinov2_weights:
             raise ValueError("semantic_features: dinov2 needs DINOv2 weights: set the config key `dinov2_weights` "
                              "(a local transformers Dinov2Model folder, a hub id already in the cache, or `random`)")
@@ -140,7 +165,15 @@ class StyleGallery(Method):
         self.prompt = prompt
         self.region_block = region_block
         self.step_weighting = step_weighting
-        self.normalize_features = normalize_features
+        self.feature_normalization = feature_normalization
+        self.merge_features = merge_features
+        self.depth_rule = depth_rule
+        self.depth_span_threshold = float(depth_span_threshold)
+        self.depth_merge_threshold = float(depth_merge_threshold)
+        self.depth_merge_gap = float(depth_merge_gap)
+        self.init_latent = init_latent
+        self.style_target = style_target
+        self.style_query_scale = float(style_query_scale)
         self.pca_components = pca_components
         self.k_range = (k_min, k_max)
         self.kmeans_n_init = kmeans_n_init
@@ -203,20 +236,29 @@ class StyleGallery(Method):
 
         # Stage 1: semantic regions of the content and of every reference image, from step-weighted
         # decoder features of a short inversion: PCA, K-means (k by silhouette), merge, clean-up.
-        features = [self.decoder_features(image, sha) for image, sha in zip(images, hashes, strict=True)]
-        regions = [self.semantic_regions(f, image, random_state) for f, image in zip(features, images, strict=True)]
+        inverted = [self.decoder_features(image, sha) for image, sha in zip(images, hashes, strict=True)]
+        features = [f for f, _ in inverted]
+        latents = [self.backbone.encode_images(image[None].to(self.backbone.device)) for image in images]
+        regions = [self.semantic_regions(f, image, random_state, latent)
+                   for f, image, latent in zip(features, images, latents, strict=True)]
 
         # Stage 2: each content region gets the best-scoring region of any reference image.
         matches = self.match(images, features, regions)
 
         # Stage 3: energy-guided optimisation of the output latent (regional attention distillation
-        # + content loss), starting from the content latent; decode.
-        latents = [self.backbone.encode_images(image[None].to(self.backbone.device)) for image in images]
-        latent, trace = self.optimise(latents[0], latents[1:], regions[0], regions[1:], matches)
+        # + content loss), starting from the content's last inversion latent standardised per pixel
+        # (upstream) or from the content latent; decode.
+        if self.init_latent == "inversion_standardised":
+            start = standardise_per_pixel(inverted[0][1].to(latents[0].device).float())
+        else:
+            start = latents[0]
+        latent, trace = self.optimise(latents[0], latents[1:], regions[0], regions[1:], matches, start=start)
         return MethodOutput(
             image=self.backbone.decode_latents(latent)[0],
             diagnostics={
                 "num_references": len(sample.references),
+                "init_latent": self.init_latent,
+                "style_target": self.style_target,
                 "regions": [r.summary(name) for r, name in zip(regions, names, strict=True)],
                 "matches": [m.to_dict() for m in matches],
                 **trace,
@@ -224,8 +266,9 @@ class StyleGallery(Method):
         )
 
     # -- stage 1 -------------------------------------------------------------------------------------
-    def decoder_features(self, image: torch.Tensor, image_sha256: str | None) -> torch.Tensor:
-        """``(C, h, w)`` output of ``region_block`` averaged over the inversion steps (step weights).
+    def decoder_features(self, image: torch.Tensor, image_sha256: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(C, h, w)`` output of ``region_block`` averaged over the inversion steps (step weights),
+        and the inversion's last (noisiest) latent ``(1, 4, h', w')``.
 
         The per-step features of the DDIM inversion (empty prompt, no CFG) come from the on-disk
         cache when an identical inversion was made before.
@@ -251,26 +294,50 @@ class StyleGallery(Method):
                 return eps, feats[self.region_block][0].detach().to(self.feature_dtype).cpu()
 
             inversion = ddim_invert(latent, eps_with_features, self.inversion_scheduler)
-            return {"format": "semantix.stylegallery_features/1", "timesteps": list(inversion.timesteps),
-                    "features": torch.stack(inversion.features)}
+            return {"format": "semantix.stylegallery_features/2", "timesteps": list(inversion.timesteps),
+                    "features": torch.stack(inversion.features), "last_latent": inversion.xts[0].detach().float().cpu()}
 
         payload = self.cache.get_or_compute(key, compute)
         steps = payload["features"]  # (T, C, h, w), noisiest step first
-        if payload.get("format") != "semantix.stylegallery_features/1" or steps.shape[0] != self.inversion_steps:
+        if payload.get("format") != "semantix.stylegallery_features/2" or steps.shape[0] != self.inversion_steps:
             raise ValueError(f"unexpected stylegallery feature cache entry for {key['image_sha256']}")
-        return weighted_features(steps.to(self.backbone.device), step_weights(steps.shape[0], self.step_weighting))
+        weighted = weighted_features(steps.to(self.backbone.device), step_weights(steps.shape[0], self.step_weighting))
+        return weighted, payload["last_latent"]
 
-    def semantic_regions(self, features: torch.Tensor, image: torch.Tensor, random_state: int) -> ImageRegions:
-        """Label map of one image: cluster, merge close clusters, (depth split), remove small regions."""
+    def semantic_regions(self, features: torch.Tensor, image: torch.Tensor, random_state: int,
+                         latent: torch.Tensor | None = None) -> ImageRegions:
+        """Label map of one image: cluster, merge close clusters, (depth split), remove small regions.
+
+        ``merge_features: image_latent`` (upstream) merges by the distance between the clusters' mean
+        4-channel image latents (``latent``, resized to the region grid by area when the grids differ).
+        """
         clustering = cluster_regions(
             features, k_min=self.k_range[0], k_max=self.k_range[1], pca_components=self.pca_components,
-            random_state=random_state, n_init=self.kmeans_n_init, normalize=self.normalize_features,
+            random_state=random_state, n_init=self.kmeans_n_init, normalize=self.feature_normalization,
             silhouette_sample_size=self.silhouette_sample_size,
         )
-        labels = merge_close_clusters(clustering.labels, clustering.reduced, self.merge_threshold)
+        grid = clustering.labels.shape
+        if self.merge_features == "image_latent":
+            if latent is None:
+                raise ValueError("merge_features: image_latent needs the image latent")
+            lat = latent.float()
+            if tuple(lat.shape[-2:]) != tuple(grid):
+                lat = F.adaptive_avg_pool2d(lat, grid) if lat.shape[-1] >= grid[1] else F.interpolate(lat, size=grid)
+            merge_feats = lat[0].flatten(1).T.cpu().numpy()
+            labels = merge_clusters_pairwise(clustering.labels, merge_feats, self.merge_threshold)
+        else:
+            labels = merge_close_clusters(clustering.labels, clustering.reduced, self.merge_threshold)
         num_merged = int(labels.max()) + 1
         if self.depth is not None:
-            labels = split_regions_by_depth(labels, self._depth_map(image, labels.shape), self.depth_split_gap)
+            depth = self._depth_map(image, labels.shape)
+            if self.depth_rule == "span":
+                labels = split_regions_by_depth_span(labels, depth, self.depth_span_threshold,
+                                                     random_state=random_state)
+                labels = merge_clusters_pairwise(labels, merge_feats if self.merge_features == "image_latent"
+                                                 else clustering.reduced, self.depth_merge_threshold,
+                                                 depth=depth, depth_threshold=self.depth_merge_gap)
+            else:
+                labels = split_regions_by_depth(labels, depth, self.depth_split_gap)
         labels = remove_small_regions(labels, self.min_region_pixels)
         return ImageRegions(labels, clustering.k, clustering.silhouette, num_merged, self.depth is not None)
 
@@ -280,7 +347,7 @@ class StyleGallery(Method):
         inputs = processor(images=pixels, return_tensors="pt").to(next(model.parameters()).device)
         with torch.no_grad():
             depth = model(**inputs).predicted_depth  # (1, h', w')
-        depth = F.interpolate(depth[:, None].float(), size=size, mode="bilinear", align_corners=False)
+        depth = F.interpolate(depth[:, None].float(), size=size, mode="nearest")
         return depth[0, 0].cpu().numpy()
 
     # -- stage 2 -------------------------------------------------------------------------------------
@@ -324,11 +391,12 @@ class StyleGallery(Method):
     # -- stage 3 -------------------------------------------------------------------------------------
     def optimise(self, content_latent: torch.Tensor, reference_latents: list[torch.Tensor],
                  content_regions: ImageRegions, reference_regions: list[ImageRegions],
-                 matches: list[RegionMatch]) -> tuple[torch.Tensor, dict]:
-        """Adam on the output latent (from the content latent) against the regional style loss plus
-        ``content_weight`` x the query content loss; one step per timestep of ``opt_timesteps``."""
+                 matches: list[RegionMatch], start: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """Adam on the output latent (from ``start``, default the content latent) against the regional
+        style loss plus ``content_weight`` x the query content loss; one step per timestep of
+        ``opt_timesteps``."""
         match = torch.tensor([m.global_region for m in matches], dtype=torch.long, device=content_latent.device)
-        z = content_latent.detach().clone().float().requires_grad_(True)
+        z = (content_latent if start is None else start).detach().clone().float().requires_grad_(True)
         optimiser = torch.optim.Adam([z], lr=self.learning_rate)
         grids: dict[str, tuple] = {}
         trace: dict[str, list[torch.Tensor]] = {"loss_style": [], "loss_content": [], "loss": []}
@@ -342,6 +410,13 @@ class StyleGallery(Method):
                 style_loss = content_loss = 0.0
                 for layer in self.layers:
                     q, k, v = (output[layer][n].float() for n in ("q", "k", "v"))
+                    own = _attention(q, k, v, self.heads[layer])
+                    content_loss = content_loss + F.l1_loss(q, content[layer]["q"].float())
+                    if self.style_target == "masked":
+                        style_loss = style_loss + self._masked_style_loss(
+                            layer, q, own, references, content_latent, reference_latents, content_regions,
+                            reference_regions, matches, grids)
+                        continue
                     k_ref = torch.cat([r[layer]["k"] for r in references], dim=1).float()
                     v_ref = torch.cat([r[layer]["v"] for r in references], dim=1).float()
                     if layer not in grids:
@@ -352,9 +427,7 @@ class StyleGallery(Method):
                     with torch.no_grad():  # the target is a constant (stop-gradient), as in AD
                         target = regional_attention(q, k_ref, v_ref, self.heads[layer], query_regions, key_masks,
                                                     match, check=False)
-                    own = _attention(q, k, v, self.heads[layer])
                     style_loss = style_loss + F.l1_loss(own, target)
-                    content_loss = content_loss + F.l1_loss(q, content[layer]["q"].float())
                 loss = style_loss + self.content_weight * content_loss
                 loss.backward()
             optimiser.step()
@@ -363,6 +436,36 @@ class StyleGallery(Method):
         # One device sync for the whole trace, after the loop.
         diagnostics = {name: torch.stack(values).tolist() if values else [] for name, values in trace.items()}
         return z.detach(), diagnostics
+
+    def _masked_style_loss(self, layer: str, q: torch.Tensor, own: torch.Tensor, references: list[dict],
+                           content_latent: torch.Tensor, reference_latents: list[torch.Tensor],
+                           content_regions: ImageRegions, reference_regions: list[ImageRegions],
+                           matches: list[RegionMatch], grids: dict) -> torch.Tensor:
+        """StyleGallery's style loss (public code, ``get_style_loss`` + ``utils.style_loss``): for every
+        content region, ``L1(own * m_c, SDPA(1.5 q m_c, k_ref m_r, v_ref m_r))`` with the matched
+        reference's keys/values zeroed outside the matched region (kept in the softmax), summed over
+        regions; masks by nearest-neighbour resizing of the label maps to the layer's token grid."""
+        key = ("masked", layer)
+        if key not in grids:
+            n = q.shape[1]
+            device = q.device
+            query_labels = nearest_token_labels(content_regions.labels,
+                                                token_grid(tuple(content_latent.shape[-2:]), n)).to(device)
+            key_labels = [nearest_token_labels(r.labels, token_grid(tuple(lat.shape[-2:]), ref[layer]["k"].shape[1]))
+                          .to(device) for r, lat, ref in zip(reference_regions, reference_latents, references,
+                                                             strict=True)]
+            grids[key] = (query_labels, key_labels)
+        query_labels, key_labels = grids[key]
+        loss = 0.0
+        for m in matches:
+            query_mask = (query_labels == m.content_region).float()
+            key_mask = (key_labels[m.reference] == m.reference_region).float()
+            ref = references[m.reference][layer]
+            with torch.no_grad():  # the target is a constant (stop-gradient)
+                target = masked_style_target(q, ref["k"].float(), ref["v"].float(), self.heads[layer], query_mask,
+                                             key_mask, self.style_query_scale)
+            loss = loss + F.l1_loss(own * query_mask[None, :, None], target)
+        return loss
 
     def _attention_tensors(self, latent: torch.Tensor, t: int, which: tuple[str, ...]) -> dict[str, dict]:
         """Projected q/k/v ``(1, N, C)`` of every chosen self-attention layer for one UNet pass on the
@@ -427,12 +530,35 @@ def _load_dinov2(weights: str):
     return model.eval().requires_grad_(False)
 
 
+def _random_depth_model():
+    """A small Depth Anything (DINOv2 backbone) with seeded random weights and its image processor:
+    code paths only, offline (numbers meaningless), as the metrics' ``random`` weights."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    from semantix.metrics.inputs import IMAGENET_MEAN, IMAGENET_STD
+    from semantix.metrics.weights import seeded
+
+    backbone = Dinov2Config(hidden_size=48, num_hidden_layers=4, num_attention_heads=2, intermediate_size=96,
+                            out_features=["stage1", "stage2", "stage3", "stage4"], reshape_hidden_states=False,
+                            image_size=518, patch_size=14)
+    config = DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[24, 48, 96, 96], fusion_hidden_size=32,
+                                 reassemble_hidden_size=48, head_hidden_size=16)
+    processor = DPTImageProcessor(do_resize=True, size={"height": 112, "width": 112}, keep_aspect_ratio=True,
+                                  ensure_multiple_of=14, do_normalize=True, image_mean=list(IMAGENET_MEAN),
+                                  image_std=list(IMAGENET_STD))
+    return processor, seeded(lambda: DepthAnythingForDepthEstimation(config))
+
+
 def _load_depth_model(path: str, device):
-    """A transformers depth-estimation model and its image processor from a local folder."""
+    """A transformers depth-estimation model and its image processor: a local folder, a hub id already
+    in the Hugging Face cache (upstream uses Depth Anything V2 Large), or ``random``."""
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-    from semantix.metrics.weights import offline
+    from semantix.metrics.weights import is_random, offline
 
+    if is_random(path):
+        processor, model = _random_depth_model()
+        return processor, model.to(device).eval().requires_grad_(False)
     try:
         processor = AutoImageProcessor.from_pretrained(path, local_files_only=offline())
         with refusing_pickled_code("depth_model", path):  # transformers: weights_only=True
@@ -440,7 +566,9 @@ def _load_depth_model(path: str, device):
     except OSError as error:
         raise WeightsNotFoundError(
             f"depth_model: depth-estimation model not found (value {path!r}); expected a transformers "
-            f"AutoModelForDepthEstimation folder (e.g. a saved DPT or Depth Anything), or set depth_split: false. "
+            f"AutoModelForDepthEstimation folder (e.g. a saved Depth Anything V2 or DPT) or a hub id already in the "
+            f"Hugging Face cache (depth-anything/Depth-Anything-V2-Large-hf), `random` for seeded random weights "
+            f"(code paths only), or set depth_split: false. "
             f"Cause: {error}"
         ) from error
     return processor, model.to(device).eval().requires_grad_(False)
