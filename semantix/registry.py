@@ -78,6 +78,7 @@ METRICS = Registry(
         "correspondence_colour": "semantix.metrics.dino:CorrespondenceColourError",
         "fid": "semantix.metrics.fid:FID",
         "artfid": "semantix.metrics.fid:ArtFID",
+        "fid_imagenet": "semantix.metrics.fid:ImageNetFID",
         "clip_frame_consistency": "semantix.metrics.temporal:CLIPFrameConsistency",
         "warping_error": "semantix.metrics.temporal:WarpingError",
     },

@@ -112,7 +112,8 @@ def test_duplicate_references_count_once():
         references = (styles[i % 3].clone(),) if i != 5 else (styles[0].clone(), styles[2].clone())
         metric.update(output, Sample(f"s{i}", contents[i], references))
     assert metric.details() | {"fid": 0} == {"fid": 0, "n_outputs": 6, "n_references": 3,
-                                           "inception": "random", "feature": FAST}
+                                           "inception": "random", "feature": FAST,
+                                           "references": "distinct", "resize": "antialiased"}
 
     once = FID(weights="random", feature=FAST, device="cpu")
     for i, output in enumerate(outputs):

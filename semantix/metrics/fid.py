@@ -6,18 +6,21 @@ Inception-v3 pool features of two sets,
     ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)),
 computed by torchmetrics' `FrechetInceptionDistance` (2048-d pool features by default). Lower is better.
 
-The two sets (compares "outputs-references"): every output of the run, against the set of the run's
-style references, the usual "generated set vs style set" protocol. A reference that recurs across
-samples (one style image paired with several contents) counts ONCE: references are deduplicated by a
-content hash (sha256 of the 8-bit image Inception sees), within one process and since the last
-`reset()`. Outputs are never deduplicated: each is a sample of the method.
+The two sets (compares "outputs-references"): every output of the run, against the run's style
+references, the usual "generated set vs style set" protocol. `references` decides how a reference
+that recurs across samples counts: "distinct" (default) once, deduplicated by a content hash (sha256 of
+the 8-bit image Inception sees) since the last `reset()`; "per_output" once per output, as StyleID's
+evaluation does with its `sty_eval` folder (one copy of the style per stylised image: 800 = 40 styles x
+20 contents) and as art-fid's FID_inf requires (equal counts). Outputs are never deduplicated.
 
 Input convention: harness images, (3, H, W) float in [0, 1], converted by
 `semantix.metrics.inputs.to_inception_uint8` to uint8 0..255 (rounded) and passed with
 `normalize=False`: torchmetrics' `normalize=True` path truncates (`(x * 255).byte()`) instead of
-rounding. The standard Inception resizes every image to 299 x 299 internally (torchmetrics' default
-antialiased bilinear resize, not torch-fidelity's TensorFlow-1 compatible one, so values differ
-slightly from torch-fidelity's or clean-fid's numbers on the same images).
+rounding. The standard Inception resizes every image to 299 x 299 per `resize`: "antialiased"
+(torchmetrics' default, antialiased bilinear), "torch-fidelity" (its TensorFlow-1 compatible bilinear:
+features identical to torch-fidelity's, tested) or "pytorch-fid" (plain bilinear on [0, 1], then
+2x - 1). The art Inception (`network: art`) takes [0, 1] images at their own size, or with the short
+side resized to `short_side` (StyleID: 512).
 
 Weights of the standard Inception (config key `metrics.fid.weights`, for ArtFID
 `metrics.artfid.inception_weights`):
@@ -105,19 +108,67 @@ class _UnloadedInceptionV3(NoTrainInceptionV3):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-def _unloaded_inception(feature: int) -> _UnloadedInceptionV3:
+# How the standard Inception's input reaches 299 x 299 (config key `resize` of `fid` / `artfid`):
+ANTIALIASED = "antialiased"        # torchmetrics' default: bilinear with antialiasing, then (x - 128) / 128
+TF1 = "torch-fidelity"             # torch-fidelity's TensorFlow-1 compatible bilinear, then (x - 128) / 128
+PYTORCH_FID = "pytorch-fid"        # pytorch-fid: x / 255, plain bilinear (align_corners=False), then 2 x - 1
+RESIZE_MODES = (ANTIALIASED, TF1, PYTORCH_FID)
+INCEPTION_SIZE = 299
+
+
+class ProtocolInceptionV3(_UnloadedInceptionV3):
+    """torchmetrics' Inception with the protocol's resize: `antialiased` and `torch-fidelity` are
+    torchmetrics' own forward (`antialias=True` / `False`; the latter is torch-fidelity's feature
+    extractor exactly); `pytorch-fid` resizes and normalises as pytorch-fid's `InceptionV3`
+    (`resize_input=True, normalize_input=True`) and then runs the same layers."""
+
+    def __init__(self, *args, resize: str = ANTIALIASED, **kwargs):
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        super().__init__(*args, antialias=resize == ANTIALIASED, **kwargs)
+        self.resize_mode = resize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resize_mode != PYTORCH_FID:
+            return super().forward(x)
+        unit = x.float() / 255.0
+        unit = torch.nn.functional.interpolate(unit, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear",
+                                               align_corners=False)
+        return self.layers(2.0 * unit - 1.0)
+
+    def layers(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature layer `features_list[0]` of a normalised 299 x 299 batch (the layers torch-fidelity
+        and pytorch-fid share: stem, max-pools, Mixed_5b..7c, global average pool)."""
+        wanted = self.features_list[0]
+        pooled = lambda t: torch.nn.functional.adaptive_avg_pool2d(t, 1).flatten(1)  # noqa: E731
+        x = self.MaxPool_1(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))))
+        if wanted == "64":
+            return pooled(x)
+        x = self.MaxPool_2(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)))
+        if wanted == "192":
+            return pooled(x)
+        for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"):
+            x = getattr(self, name)(x)
+        if wanted == "768":
+            return pooled(x)
+        for name in ("Mixed_7a", "Mixed_7b", "Mixed_7c"):
+            x = getattr(self, name)(x)
+        return torch.flatten(self.AvgPool(x), 1)
+
+
+def _unloaded_inception(feature: int, resize: str = ANTIALIASED) -> ProtocolInceptionV3:
     """torchmetrics' Inception-v3 feature extractor, built without reading any file (its constructor
     is handed a checkpoint of `None`, made here, and skips loading it)."""
     empty = io.BytesIO()
     torch.save(None, empty)
     empty.seek(0)
-    return _UnloadedInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
-                                feature_extractor_weights_path=empty)
+    return ProtocolInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
+                               feature_extractor_weights_path=empty, resize=resize)
 
 
-def random_inception(feature: int) -> torch.nn.Module:
+def random_inception(feature: int, resize: str = ANTIALIASED) -> torch.nn.Module:
     """The torchmetrics/torch-fidelity Inception-v3 with He-normal conv weights from the current RNG."""
-    network = _unloaded_inception(feature)
+    network = _unloaded_inception(feature, resize)
     for module in network.modules():
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
@@ -135,19 +186,20 @@ def inception_file(weights: str, config_key: str) -> Path:
     )
 
 
-def standard_inception(source: str, feature: int, config_key: str = "metrics.fid.weights") -> torch.nn.Module:
+def standard_inception(source: str, feature: int, config_key: str = "metrics.fid.weights",
+                       resize: str = ANTIALIASED) -> torch.nn.Module:
     """torchmetrics' Inception feature extractor: `source` is "random" or the checkpoint's path.
 
     The checkpoint is read here as tensors only (never unpickled by torch-fidelity) and loaded strictly.
     """
     if is_random(source):
-        return seeded(lambda: random_inception(feature))
+        return seeded(lambda: random_inception(feature, resize))
     state = load_state_dict_file(source, config_key)
     if checkpoint_kind(state, Path(source), config_key) != "standard":
         raise ValueError(f"{config_key}: {source} is art-fid's {ART_INCEPTION_FILE}; the standard FID needs "
                          f"torch-fidelity's {INCEPTION_FILE} (art-fid's checkpoint is for ArtFID: "
                          "metrics.artfid.inception_weights)")
-    network = _unloaded_inception(feature)
+    network = _unloaded_inception(feature, resize)
     network.load_state_dict(state)
     return network
 
@@ -161,18 +213,26 @@ class ArtInceptionFeatures(torch.nn.Module):
     and takes `model(batch, return_features=True)`: the pooled 2048-d vector before the heads. Its
     images are `ToTensor()` of the files: [0, 1] floats at their own size, neither resized nor
     normalised. This module reproduces that from our uint8 input (x / 255), without resizing.
+
+    `short_side` (None: art-fid's own-size input): StyleID's evaluation (`evaluation/eval_artfid.py`)
+    reads each file through `Resize(512)` first, the short side to 512 with antialiased bilinear
+    (PIL's on its files; torchvision's antialiased tensor resize here, rounded back to 8 bits as PIL
+    returns them), the long side `int(512 * long / short)`. On 512 x 512 images both are the identity.
     """
 
     num_features = 2048
 
-    def __init__(self, trunk: torchvision.models.Inception3):
+    def __init__(self, trunk: torchvision.models.Inception3, short_side: int | None = None):
         super().__init__()
         self.trunk = trunk.eval().requires_grad_(False)
+        self.short_side = short_side
 
     def train(self, mode: bool = True) -> ArtInceptionFeatures:
         return super().train(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.short_side is not None and min(images.shape[-2:]) != self.short_side:
+            images = torchvision.transforms.functional.resize(images, self.short_side, antialias=True)
         if min(images.shape[-2:]) < INCEPTION_MIN_SIZE:
             raise ValueError(
                 f"art Inception: images of {tuple(images.shape[-2:])} px; art-fid feeds images at their own "
@@ -181,12 +241,26 @@ class ArtInceptionFeatures(torch.nn.Module):
         return self.trunk(images.float() / 255.0)
 
 
-def art_inception(state: dict[str, torch.Tensor]) -> ArtInceptionFeatures:
-    """`ArtInceptionFeatures` from art-fid's state dict (its heads dropped; the trunk loaded strictly)."""
+def _art_trunk() -> torchvision.models.Inception3:
     trunk = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
     trunk.fc = torch.nn.Identity()
+    return trunk
+
+
+def art_inception(state: dict[str, torch.Tensor], short_side: int | None = None) -> ArtInceptionFeatures:
+    """`ArtInceptionFeatures` from art-fid's state dict (its heads dropped; the trunk loaded strictly)."""
+    trunk = _art_trunk()
     trunk.load_state_dict({k: v for k, v in state.items() if not k.startswith(ART_HEADS)})
-    return ArtInceptionFeatures(trunk)
+    return ArtInceptionFeatures(trunk, short_side)
+
+
+def random_art_inception(short_side: int | None = None) -> ArtInceptionFeatures:
+    """art-fid's architecture with He-normal conv weights from the current RNG (activations O(1))."""
+    trunk = _art_trunk()
+    for module in trunk.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return ArtInceptionFeatures(trunk, short_side)
 
 
 def art_inception_candidates() -> list[Path]:
@@ -249,41 +323,108 @@ class SharedFeatures(torch.nn.Module):
 
 
 # -- the metrics -----------------------------------------------------------------------------------
-class FID(SetMetric):
-    """Fréchet Inception Distance of the run's outputs vs its distinct style references; lower is better.
+STANDARD = "standard"
+NETWORKS = ("auto", STANDARD, ART)
+DISTINCT = "distinct"
+PER_OUTPUT = "per_output"
+REFERENCE_MODES = (DISTINCT, PER_OUTPUT)
 
-    `weights`: "torch-fidelity" | a path to its checkpoint | "random" (module docstring);
-    `feature`: the Inception layer (2048 = FID); `device`: where Inception runs (default: CUDA if
-    available). `compute()` gives the value; `details()` gives it with the set sizes and the Inception.
+
+class FID(SetMetric):
+    """Fréchet Inception Distance of the run's outputs vs its style references; lower is better.
+
+    Options (the protocol knobs; `conf/metrics/styleid.yaml` sets StyleID's values):
+
+    - `weights`: "torch-fidelity" | "art" (art-fid's `art_inception.pth`, see `ArtFID`) | a path to
+      either checkpoint (told apart by its heads) | "random" (module docstring);
+    - `network`: "auto" (from the checkpoint; "random" gives the standard one) | "standard" | "art":
+      with "random", which architecture gets random weights; with a file, a check that it is that one;
+    - `references`: "distinct" (each distinct reference image once) | "per_output" (every sample's
+      references once per output, as a style folder with one copy per stylised image: StyleID's
+      `sty_eval`, 800 = 40 styles x 20 contents, and art-fid's equal-count FID_inf);
+    - `resize` (standard Inception only): "antialiased" (torchmetrics' default) | "torch-fidelity"
+      (TF1-compatible, torch-fidelity's features exactly) | "pytorch-fid" (plain bilinear, 2x - 1);
+    - `short_side` (art Inception only): None (art-fid: own size) | 512 (StyleID's `Resize(512)`);
+    - `feature`: the standard Inception's layer (2048 = FID); `device`: where Inception runs.
+
+    `compute()` gives the value; `details()` gives it with the set sizes, the Inception and the knobs.
     """
 
     higher_is_better = False
     compares = "outputs-references"
-    weights = f"torch-fidelity FID Inception-v3 ({INCEPTION_FILE})"
+    weights = (f"torch-fidelity FID Inception-v3 ({INCEPTION_FILE}), or art-fid's {ART_INCEPTION_FILE} "
+               "when configured")
     config_key: ClassVar[str] = "metrics.fid.weights"
 
-    def __init__(self, weights: str = TORCH_FIDELITY, feature: int = 2048, device: str = "auto", **kwargs):
+    def __init__(self, weights: str = TORCH_FIDELITY, feature: int = 2048, device: str = "auto",
+                 network: str = "auto", references: str = DISTINCT, resize: str = ANTIALIASED,
+                 short_side: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if feature not in FEATURE_LAYERS:
             raise ValueError(f"feature must be one of {FEATURE_LAYERS}, got {feature}")
+        for option, value, allowed in (("network", network, NETWORKS), ("references", references, REFERENCE_MODES),
+                                       ("resize", resize, RESIZE_MODES)):
+            if value not in allowed:
+                raise ValueError(f"{self.config_key.rsplit('.', 1)[0]}.{option} must be one of {allowed}, "
+                                 f"got {value!r}")
         self.model_device = metric_device(device)
+        self.network_choice = network
+        self.references_mode = references
+        self.resize_mode = resize
+        self.short_side = short_side
         self.inception_kind, key, build = self._inception(weights, feature)
+        if self.inception_kind in (ART, "random-art"):
+            feature = ArtInceptionFeatures.num_features
         features = SharedFeatures(key, build, feature, self.model_device)
         self.frechet = FrechetInceptionDistance(feature=features, normalize=False).to(self.model_device)
         self.reference_hashes: set[tuple] = set()
 
+    def _standard(self, source: str, feature: int) -> tuple[str, tuple, Callable[[], torch.nn.Module]]:
+        kind = "random" if is_random(source) else STANDARD
+        config_key, resize = self.config_key, self.resize_mode
+        return kind, ("inception", source, feature, resize, self.model_device), lambda: standard_inception(
+            source, feature, config_key, resize)
+
+    def _art(self, path: Path | None, feature: int) -> tuple[str, tuple, Callable[[], torch.nn.Module]]:
+        if feature != ArtInceptionFeatures.num_features:
+            raise ValueError(f"the art Inception gives 2048-d features only, got feature={feature}")
+        config_key, short_side = self.config_key, self.short_side
+        if path is None:
+            return "random-art", ("art_inception", "random", short_side, self.model_device), lambda: seeded(
+                lambda: random_art_inception(short_side))
+        return ART, ("art_inception", str(path), short_side, self.model_device), lambda: art_inception(
+            load_state_dict_file(path, config_key), short_side)
+
     def _inception(self, weights: str, feature: int) -> tuple[str, tuple, Callable[[], torch.nn.Module]]:
-        """("standard" | "random", shared_model key, builder) for the standard Inception."""
-        source = weights if is_random(weights) else str(inception_file(weights, self.config_key))
-        kind = "random" if is_random(weights) else "standard"
-        config_key = self.config_key
-        return kind, ("inception", source, feature, self.model_device), lambda: standard_inception(
-            source, feature, config_key)
+        """(kind, shared_model key, builder); kind: "standard" | "art" | "random" | "random-art"."""
+        if is_random(weights):
+            return self._art(None, feature) if self.network_choice == ART else self._standard(weights, feature)
+        if weights == TORCH_FIDELITY:
+            if self.network_choice == ART:
+                raise ValueError(f"{self.config_key}: 'torch-fidelity' is the standard Inception, but "
+                                 "network: art was asked for (use weights: art)")
+            return self._standard(str(inception_file(weights, self.config_key)), feature)
+        path = require_file(
+            self.config_key, weights, art_inception_candidates() if weights == ART else [],
+            expected=f"art-fid's {ART_INCEPTION_FILE} (Hugging Face {ART_INCEPTION_REPO}) or torch-fidelity's "
+                     f"{INCEPTION_FILE}",
+            how_to_get=f"On a machine with network, `huggingface-cli download {ART_INCEPTION_REPO} "
+                       f"{ART_INCEPTION_FILE}` fetches art-fid's checkpoint.",
+        )
+        # Read to tell the two layouts apart; the builder reads it again, so it is not kept in memory.
+        kind = checkpoint_kind(load_state_dict_file(path, self.config_key), path, self.config_key)
+        if self.network_choice not in ("auto", kind):
+            raise ValueError(f"{self.config_key}: {path} holds the {kind} Inception, but network: "
+                             f"{self.network_choice} was asked for")
+        return self._standard(str(path), feature) if kind == STANDARD else self._art(path, feature)
 
     def update(self, output: torch.Tensor, sample: Sample) -> None:
         self.frechet.update(to_inception_uint8(output), real=False)
         for reference in sample.references:
             image = to_inception_uint8(reference)
+            if self.references_mode == PER_OUTPUT:
+                self.frechet.update(image, real=True)
+                continue
             digest = (tuple(image.shape), hashlib.sha256(image.cpu().numpy().tobytes()).hexdigest())
             if digest not in self.reference_hashes:
                 self.reference_hashes.add(digest)
@@ -304,10 +445,19 @@ class FID(SetMetric):
     def compute(self) -> torch.Tensor:
         return self.fid()
 
+    def protocol(self) -> dict:
+        """The knobs this value was computed with (stored in summary.json beside it)."""
+        knobs = {"references": self.references_mode}
+        if self.inception_kind in (ART, "random-art"):
+            knobs["short_side"] = self.short_side
+        else:
+            knobs["resize"] = self.resize_mode
+        return knobs
+
     def details(self) -> dict:
-        """{"fid", "n_outputs", "n_references", "inception", "feature"}: what summary.json stores."""
+        """{"fid", "n_outputs", "n_references", "inception", "feature", "references", "resize" | "short_side"}."""
         return {"fid": float(self.fid()), **self.set_sizes(), "inception": self.inception_kind,
-                "feature": self.frechet.inception.num_features}
+                "feature": self.frechet.inception.num_features, **self.protocol()}
 
     def reset(self) -> None:
         super().reset()
@@ -321,17 +471,18 @@ class ArtFID(FID):
     Wright and Ommer, "ArtFID: Quantitative Evaluation of Neural Style Transfer", GCPR 2022; the
     reference code is art-fid (github.com/matthias-wright/art-fid, `pip install art-fid`).
 
-    - FID: as `FID` (same sets, reference deduplication and uint8 input), with the Inception chosen by
-      `inception_weights`:
+    - FID: as `FID` (same sets, knobs `network`, `references`, `resize`, `short_side`, uint8 input),
+      with the Inception chosen by `inception_weights`:
         * "art": art-fid's art-trained Inception, `art_inception.pth` (Hugging Face repo
           matthias-wright/art_inception), found in art-fid's download folder (<tempdir>/art_fid), the
           Hugging Face cache or the torch hub checkpoints folder; never downloaded;
         * a path to a checkpoint: art-fid's `art_inception.pth` (recognised by its `fc1`/`fc2` heads),
           or torch-fidelity's FID Inception;
-        * "torch-fidelity" (default) or "random": the standard Inception, as `FID`.
+        * "torch-fidelity" (default): the standard Inception, as `FID`;
+        * "random": seeded random weights, standard architecture or art-fid's with `network: art`.
       With the art Inception, images go in as art-fid feeds them: [0, 1], at their own size (at least
       75 px), no normalisation (`ArtInceptionFeatures`); with the standard one, resized to 299.
-      `details()["inception"]` says which was used: "art" | "standard" | "random".
+      `details()["inception"]` says which was used: "art" | "standard" | "random" | "random-art".
       This is plain FID at the run's N (reported). art-fid's default mode, ArtFID_inf, fits FID_N
       against 1/N for N from 5000 up to the set size and extrapolates to N = infinity; with fewer than
       5000 images every FID_N takes the whole set, so it degenerates to plain FID anyway.
@@ -353,26 +504,6 @@ class ArtFID(FID):
         self.add_state("lpips_values", default=[], dist_reduce_fx="cat")
         self.lpips_model()  # built now, so that missing weights fail when the run starts
 
-    def _inception(self, weights: str, feature: int) -> tuple[str, tuple, Callable[[], torch.nn.Module]]:
-        if is_random(weights) or weights == TORCH_FIDELITY:
-            return super()._inception(weights, feature)
-        path = require_file(
-            self.config_key, weights, art_inception_candidates() if weights == ART else [],
-            expected=f"art-fid's {ART_INCEPTION_FILE} (Hugging Face {ART_INCEPTION_REPO}) or torch-fidelity's "
-                     f"{INCEPTION_FILE}",
-            how_to_get=f"On a machine with network, `huggingface-cli download {ART_INCEPTION_REPO} "
-                       f"{ART_INCEPTION_FILE}` fetches art-fid's checkpoint.",
-        )
-        # Read to tell the two layouts apart; the builder reads it again, so it is not kept in memory.
-        state = load_state_dict_file(path, self.config_key)
-        if checkpoint_kind(state, path, self.config_key) == "standard":
-            return super()._inception(str(path), feature)
-        if feature != ArtInceptionFeatures.num_features:
-            raise ValueError(f"the art Inception gives 2048-d features only, got feature={feature}")
-        config_key = self.config_key
-        return ART, ("art_inception", str(path), self.model_device), lambda: art_inception(
-            load_state_dict_file(path, config_key))
-
     def lpips_model(self) -> LPIPSNetwork:
         """The same shared LPIPS network as the `lpips` metric (one model per weights and device)."""
         return shared_lpips("alex", self.lpips_weights, self.model_device, self.lpips_config_key)
@@ -393,3 +524,17 @@ class ArtFID(FID):
         """{"artfid", "fid", "lpips", "n_outputs", "n_references", "inception", "feature", "fid_estimator"}."""
         return {"artfid": float(self.compute()), **super().details(), "lpips": float(self.mean_lpips()),
                 "fid_estimator": "plain FID at N (not art-fid's FID_inf)"}
+
+
+class ImageNetFID(FID):
+    """FID on the standard (ImageNet-trained, TF-FID) Inception, under its own name `fid_imagenet`, so
+    that a protocol's `fid` (StyleID's: art Inception) never silently means this one. Same options as
+    `FID`; `network` may only be "standard" (or "auto")."""
+
+    config_key = "metrics.fid_imagenet.weights"
+
+    def __init__(self, weights: str = TORCH_FIDELITY, network: str = STANDARD, **kwargs):
+        if network not in ("auto", STANDARD):
+            raise ValueError(f"fid_imagenet is the standard Inception's FID; network: {network!r} is not "
+                             "(use `fid` with network: art)")
+        super().__init__(weights=weights, network=STANDARD, **kwargs)

@@ -18,8 +18,11 @@ relu1_1 = 1, relu2_1 = 6, relu3_1 = 11, relu4_1 = 20, relu5_1 = 29.
 
 CFSD: Content Feature Structural Distance of StyleID (Chung, Hyun, Heo, "Style Injection in Diffusion:
 A Training-free Approach for Adapting Large-scale Diffusion Models for Style Transfer", CVPR 2024),
-following its evaluation code: relu3_1 features at a fixed 512 x 512 input (CFSD grows with the number
-of locations, so the size is fixed), lower is better. Definition in `cfsd_from_features`.
+following its evaluation code: relu3_1 features, lower is better. Definition in `cfsd_from_features`.
+`size`: None scores each pair at its own size, as StyleID's `compute_patch_simi` (`ToTensor()` of the
+files, no resize: the `styleid` preset); an int resizes both to size x size (the extended presets'
+512, which makes values comparable across datasets of other sizes: CFSD grows with the number of
+locations, e.g. +23 % on a 384 x 512 pair scored at 512 x 512 vs natively).
 
 Gram distance: the Gram-matrix style distance of Gatys, Ecker, Bethge ("Image Style Transfer Using
 Convolutional Neural Networks", CVPR 2016) over relu1_1..relu5_1, as defined in docs/metrics.md, lower
@@ -159,15 +162,15 @@ class _VGGMetric(SampleMetric):
 
 class CFSD(_VGGMetric):
     """Content Feature Structural Distance (StyleID), output vs content, lower is better; see
-    `cfsd_from_features`. `size` fixes the input resolution (512 in StyleID's evaluation) because the
-    value grows with the number of locations; `chunk_size` rows of the similarity matrix are held at
+    `cfsd_from_features`. `size`: None keeps the pair's own size (StyleID's evaluation); an int fixes
+    the input resolution, since the value grows with the number of locations; `chunk_size` rows of the similarity matrix are held at
     once (memory only, the value does not depend on it)."""
 
     higher_is_better = False
     compares = "output-content"
     config_key = "metrics.cfsd.weights"
 
-    def __init__(self, weights: str = TORCHVISION, size: int = 512, chunk_size: int = 1024,
+    def __init__(self, weights: str = TORCHVISION, size: int | None = 512, chunk_size: int = 1024,
                  device: str = "auto", **kwargs):
         super().__init__(weights=weights, size=size, device=device, **kwargs)
         self.chunk_size = chunk_size
