@@ -16,7 +16,7 @@ from semantix.data import DEMO_DIR, Manifest, demo_video_manifest_path, open_ima
 from semantix.data.dataset import demo_video_dataset
 from semantix.data.manifest import write_manifest
 from semantix.data.video import read_video_frames, write_gif, write_mp4
-from semantix.store import RunStore, clip_sha256, quantize
+from semantix.store import RunStore, clip_sha256, quantize, safe_filename
 from semantix.types import SampleError
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +230,8 @@ def test_save_video_round_trip_and_missing_frame_is_redone(tmp_path):
     store = RunStore(tmp_path / "run")
     frames = _moving_frames(4, 32, 32) + 0.001  # off the 8-bit grid: stored quantized
     saved = store.save_video("cat/clip", frames, fps=8)
-    name = "id-" + hashlib.sha256(b"cat/clip").hexdigest()[:16]  # the id holds a '/'
+    name = "cat_clip~" + hashlib.sha256(b"cat/clip").hexdigest()[:24]  # the id holds a '/'
+    assert safe_filename("cat/clip") == name
     assert saved["frames"] == [f"videos/{name}/{index:03d}.png" for index in range(4)]
     assert saved["video"] == f"videos/{name}.mp4" and saved["preview"] == f"videos/{name}.gif"
     frame_hashes = [sha256_file(store.run_dir / path) for path in saved["frames"]]

@@ -245,6 +245,10 @@ class Manifest:
         if row["content"] is None:
             raise SampleError(f"sample {sample_id}: the manifest row has no content path.")
 
+        def hash_of(path_column: str, hash_column: str) -> str:  # a one-file column, as `load_sample` reads it
+            declared = row.get(hash_column)
+            return declared.lower() if declared else self._file_sha256(self.resolve(row[path_column]))
+
         def hashes_of(paths_column: str, hashes_column: str) -> list[str]:
             paths, declared = _split(row.get(paths_column)), _split(row.get(hashes_column))
             if declared and len(declared) != len(paths):
@@ -253,12 +257,12 @@ class Manifest:
             return [declared[i].lower() if declared else self._file_sha256(self.resolve(relative))
                     for i, relative in enumerate(paths)]
 
-        hashes = {"content": hashes_of("content", "content_sha256")[0]}
+        hashes = {"content": hash_of("content", "content_sha256")}
         references = hashes_of("reference", "reference_sha256")
         keys = reference_keys(len(references))
         hashes.update(zip(keys, references, strict=True))
         if row.get("content_mask"):
-            hashes["content_mask"] = hashes_of("content_mask", "content_mask_sha256")[0]
+            hashes["content_mask"] = hash_of("content_mask", "content_mask_sha256")
         if row.get("reference_mask"):
             masks = hashes_of("reference_mask", "reference_mask_sha256")
             if len(masks) != len(keys):
