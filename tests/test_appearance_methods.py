@@ -148,3 +148,41 @@ def test_processors_are_restored_after_a_call_and_after_an_exception(make, demo,
     with pytest.raises(RuntimeError, match="boom"):
         method(single(demo), seed())
     assert all(method.unet.attn_processors[k] is v for k, v in before.items())
+
+
+def test_eye_for_an_eye_without_masks_runs_unmasked_adain_in_the_late_steps(make, demo, monkeypatch):
+    # The authors' mask-free path (use_masked_adain off): adain(latents[0], latents[1]) after the late
+    # steps. Rewritten here with their statistics (per channel over space, unbiased variance + 1e-5).
+    import semantix.methods.eye_for_an_eye as module
+
+    def upstream_adain(content, style):
+        c, s = content[0].flatten(1), style[0].flatten(1)
+        c_mean, c_std = c.mean(1), (c.var(1) + 1e-5).sqrt()
+        s_mean, s_std = s.mean(1), (s.var(1) + 1e-5).sqrt()
+        return (((c - c_mean[:, None]) / c_std[:, None]) * s_std[:, None] + s_mean[:, None]).view_as(content)
+
+    calls = []
+    original = module.adain
+
+    def recording(out, app):
+        result = original(out, app)
+        calls.append((out.clone(), app.clone(), result))
+        return result
+
+    monkeypatch.setattr(module, "adain", recording)
+    sample = single(demo)
+    method = make("eye_for_an_eye")  # stats_start_step 2: run steps 2 and 3 of 0..3
+    out = method(sample, seed())
+    assert out.diagnostics["statistics_matching"] == "adain" and out.diagnostics["masked"] is False
+    assert len(calls) == len([r for r in method.run_steps if r >= 2]) == 2
+    for before, app, result in calls:
+        # Population vs unbiased variance: a relative difference of 1/(2N) in the std (N = 32x32 here).
+        assert torch.allclose(result, upstream_adain(before, app), atol=2e-3)
+    calls.clear()
+    none = make("eye_for_an_eye", stats_without_masks="none")(sample, seed())
+    assert not calls and none.diagnostics["statistics_matching"] == "none"
+    assert (none.image - out.image).abs().max() > 1e-4
+    masked = method(with_masks(sample), seed())  # with masks: masked AdaIN, not the unmasked one
+    assert not calls and masked.diagnostics["statistics_matching"] == "masked_adain"
+    with pytest.raises(ValueError, match="stats_without_masks"):
+        EyeForAnEye(stats_without_masks="sometimes")

@@ -15,8 +15,9 @@ image's hidden state at its most similar location (cosine on that layer's hidden
 queries, keys and values all come from the rearranged features; at steps 10, 15, ..., 35 the
 structure image's own hidden states replace the output's instead. With foreground masks, matching
 is restricted to the foregrounds and the output latent's foreground statistics are matched to the
-appearance's (masked AdaIN) after steps 49 to 67. Without masks the method runs unmasked (the
-authors' code requires them).
+appearance's (masked AdaIN) after steps 49 to 67. Without masks, as the authors' code runs with
+``use_masked_adain`` off, the output latent is matched to the appearance latent by unmasked AdaIN
+after the same steps (``stats_without_masks: adain``, the default; ``none`` = our earlier reading).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 
 import torch
 
-from semantix.diffusion import cfg, cosine_correspondence, masked_adain
+from semantix.diffusion import adain, cfg, cosine_correspondence, masked_adain
 from semantix.diffusion.attention import InjectableAttnProcessor, Injection, attention_processors
 from semantix.methods.appearance import (
     APPEARANCE,
@@ -36,6 +37,9 @@ from semantix.methods.appearance import (
     tokens_side,
 )
 from semantix.types import MethodOutput, Sample
+
+
+STATS_WITHOUT_MASKS = ("adain", "none")
 
 
 class EyeForAnEye(JointAppearanceTransfer):
@@ -54,13 +58,17 @@ class EyeForAnEye(JointAppearanceTransfer):
         inject: bool = True,
         use_masks: bool = True,
         stats_start_step: int | None = 49,
+        stats_without_masks: str = "adain",
         match_chunk_size: int = 1024,
         cache_inversions: bool = True,
     ):
         super().__init__(num_steps, skip_steps, inversion_guidance_scale, prompt, default_domain, layers,
                          step_ranges, structure_every, structure_until, inject, use_masks, cache_inversions)
         self.guidance_scale = guidance_scale
+        if stats_without_masks not in STATS_WITHOUT_MASKS:
+            raise ValueError(f"stats_without_masks must be one of {STATS_WITHOUT_MASKS}, got {stats_without_masks!r}")
         self.stats_start_step = stats_start_step
+        self.stats_without_masks = stats_without_masks
         self.match_chunk_size = match_chunk_size
 
     # -- the algorithm -------------------------------------------------------------------------------
@@ -69,6 +77,7 @@ class EyeForAnEye(JointAppearanceTransfer):
         #    joint batch [output, appearance, structure] at step `skip_steps`.
         job = self.start(sample, generator)
         x = job.x
+        statistics = self.statistics_matching(job.latent_masks is not None)
         processors = {name: InjectableAttnProcessor(name) for name in self.layer_ranges}
         with torch.no_grad(), attention_processors(self.unet, processors):
             for r in self.run_steps:
@@ -86,14 +95,25 @@ class EyeForAnEye(JointAppearanceTransfer):
                 eps_cond = self.predict(x, t, job.cond)
                 # 2c. CFG 2.5 and the DDPM step of each row with its own noise map.
                 x = self.stepper.step(x, cfg(eps_uncond, eps_cond, self.guidance_scale), i, job.zs[r])
-                # 2d. Late masked colour-statistics matching of the output to the appearance.
-                if job.latent_masks is not None and self.stats_start_step is not None and r >= self.stats_start_step:
-                    x[OUTPUT:OUTPUT + 1] = masked_adain(x[OUTPUT:OUTPUT + 1], x[APPEARANCE:APPEARANCE + 1],
-                                                        *job.latent_masks)
+                # 2d. Late colour-statistics matching of the output to the appearance: masked AdaIN
+                #     with masks, unmasked AdaIN without (the authors' use_masked_adain off).
+                if statistics != "none" and r >= self.stats_start_step:
+                    out, app = x[OUTPUT:OUTPUT + 1], x[APPEARANCE:APPEARANCE + 1]
+                    x[OUTPUT:OUTPUT + 1] = masked_adain(out, app, *job.latent_masks) if statistics == "masked_adain" \
+                        else adain(out, app)
         # 3. Decode the output row.
         image = self.backbone.decode_latents(x[OUTPUT:OUTPUT + 1])[0]
         return MethodOutput(image=image, diagnostics={"num_references_used": job.references_used,
-                                                      "masked": job.masks is not None, "prompt": job.prompt})
+                                                      "masked": job.masks is not None, "prompt": job.prompt,
+                                                      "statistics_matching": statistics})
+
+    def statistics_matching(self, masked: bool) -> str:
+        """Which late statistics matching runs: ``masked_adain``, ``adain`` (no masks) or ``none``."""
+        if self.stats_start_step is None:
+            return "none"
+        if masked:
+            return "masked_adain"
+        return "adain" if self.stats_without_masks == "adain" else "none"
 
     # -- pieces --------------------------------------------------------------------------------------
     def _rewrite(self, r: int, job: JointBatch):
