@@ -182,7 +182,7 @@ def test_latent_guidance_form_runs(make, demo):
 
 
 ABLATIONS = ["semantix", "semantix_no_style", "semantix_no_spatial", "semantix_no_reg", "semantix_no_pe",
-             "semantix_no_adain", "semantix_no_clamp"]
+             "semantix_no_adain", "semantix_adain_once", "semantix_no_clamp"]
 
 
 def test_ablation_experiment_runs_every_variant_sharing_inversions(tmp_path):
@@ -195,8 +195,9 @@ def test_ablation_experiment_runs_every_variant_sharing_inversions(tmp_path):
     records = {run.label: RunStore(run.run_dir).records()[0] for run in result.runs}
     assert records["semantix_no_style"]["image_sha256"] != records["semantix"]["image_sha256"]
     assert records["semantix_no_adain"]["image_sha256"] != records["semantix"]["image_sha256"]
+    assert records["semantix_adain_once"]["image_sha256"] != records["semantix"]["image_sha256"]
     assert all(len(r["diagnostics"]["energy_style"]) == 3 for r in records.values() if r["method"] != "semantix_no_style")
-    # One context and one reference inversion for all seven variants.
+    # One context and one reference inversion for all eight variants.
     assert len(list((tmp_path / "cache").rglob("*.pt"))) == 2
 
 

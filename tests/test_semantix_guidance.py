@@ -133,3 +133,19 @@ def test_no_pe_differs_from_the_default(pair):
     no_pe, no_pe_diagnostics = pair(lambda_pe=0.0)
     assert (latent - no_pe).abs().max() > 1e-4
     assert diagnostics["match_local_up_blocks.2"] != no_pe_diagnostics["match_local_up_blocks.2"]
+
+
+def test_match_timestep_uses_one_correspondence_for_every_step(pair, backbone):
+    _, per_step = pair()
+    _, fixed = pair(match_timestep=261)
+    scheduler = backbone.make_scheduler("ddpm")
+    scheduler.set_timesteps(STEPS)
+    nearest = min(range(STEPS), key=lambda i: abs(int(scheduler.timesteps[i]) - 261))
+    for block in ("up_blocks.1", "up_blocks.2"):
+        for kind in ("median", "p90", "local"):
+            # Every step uses the correspondence of the per-step run's step nearest t = 261 (same features).
+            name = f"match_{kind}_{block}"
+            assert fixed[name] == [per_step[name][nearest]] * STEPS, name
+        assert len(set(per_step[f"match_local_{block}"])) > 1
+    with pytest.raises(ValueError, match="match_on"):
+        Semantix(match_timestep=261, match_on="output")

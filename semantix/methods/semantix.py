@@ -88,6 +88,7 @@ class Semantix(Method):
         batch_cfg_inversion: bool = False,
         guidance_apply: str = "eps",
         match_on: str = "context",
+        match_timestep: int | None = None,
         match_chunk_size: int = 1024,
         reg_max_side: int = 32,
         adain_start_step: int | None = 20,
@@ -101,6 +102,8 @@ class Semantix(Method):
             raise ValueError(f"guidance_apply must be one of {GUIDANCE_FORMS}, got {guidance_apply!r}")
         if match_on not in MATCH_SOURCES:
             raise ValueError(f"match_on must be one of {MATCH_SOURCES}, got {match_on!r}")
+        if match_timestep is not None and match_on != "context":
+            raise ValueError("match_timestep (one correspondence for all steps) needs match_on: context")
         if pe_form not in PE_FORMS:
             raise ValueError(f"pe_form must be one of {PE_FORMS}, got {pe_form!r}")
         if adain_mode not in ADAIN_MODES:
@@ -127,6 +130,7 @@ class Semantix(Method):
         self.batch_cfg_inversion = batch_cfg_inversion
         self.guidance_apply = guidance_apply
         self.match_on = match_on
+        self.match_timestep = match_timestep
         self.match_chunk_size = match_chunk_size
         self.reg_max_side = reg_max_side
         self.adain_start_step = adain_start_step
@@ -225,9 +229,10 @@ class Semantix(Method):
         # Videos: frame windows of the motion module's length; AdaIN statistics over frames and space.
         windows = frame_windows(x.shape[1], self.window_size, self.window_overlap) if x.ndim == 5 else None
         adain_dims = (1, -2, -1) if x.ndim == 5 else (-2, -1)
+        fixed = self._fixed_matches(contexts, references, x.device)
         trace: dict[str, list[torch.Tensor]] = {"grad_norm": []}
         for i, t in enumerate(self.stepper.timesteps):
-            context_features = [_on(c.features[i], x.device) for c in contexts]
+            context_features = [_on(c.features[i], x.device) | m for c, m in zip(contexts, fixed, strict=True)]
             reference_features = [[_on(r.features[i], x.device) for r in refs] for refs in references]
             # Steps 2.1-2.4: CFG prediction, energy gradient (per-term clamped), guided prediction.
             eps, guidance, stats = self._windowed_guided_prediction(x, t, i, cond, context_features,
@@ -246,6 +251,38 @@ class Semantix(Method):
         # One device sync for all diagnostics, after the loop; then one dict per sample.
         stacked = {name: torch.stack(values).T.tolist() for name, values in trace.items()}
         return x, [{name: rows[b] for name, rows in stacked.items()} for b in range(len(contexts))]
+
+    def _fixed_matches(self, contexts: list[Inversion], references: list[list[Inversion]],
+                       device: torch.device) -> list[dict]:
+        """With `match_timestep`: each sample's correspondence, computed once from the stored features of
+        the step nearest that timestep and used at every step (as DIFT matches at one moderate noise
+        level), as ``{("match", block): indices}`` entries riding along the context features (images
+        ``(1, N)``, videos ``(1, F, N)``: sliced with them per window). Without it: nothing (per step)."""
+        if self.match_timestep is None or not self.gammas["style"]:
+            return [{} for _ in contexts]
+        timesteps = self.stepper.timesteps
+        j = min(range(len(timesteps)), key=lambda i: abs(timesteps[i] - self.match_timestep))
+        fixed = []
+        for context, refs in zip(contexts, references, strict=True):
+            features = _on(context.features[j], device)
+            reference_features = [_on(r.features[j], device) for r in refs]
+            video = next(iter(features.values())).ndim == 5
+            ref_frames = (_frame_dicts(reference_features) if video
+                          else [{k: v[0] for k, v in r.items()} for r in reference_features])
+            matches = {}
+            for block in self.feature_blocks:
+                queries = features[block][0] if video else features[block]  # (F or 1, C, h, w)
+                indices = torch.stack([self._match(q.float(), [r[block].float() for r in ref_frames])
+                                       for q in queries])
+                matches[("match", block)] = indices[None] if video else indices
+            fixed.append(matches)
+        return fixed
+
+    def _match(self, query: torch.Tensor, f_refs: list[torch.Tensor]) -> torch.Tensor:
+        """Indices of each query location's match among the references' locations (docs/method.md)."""
+        indices, _ = match_features(query, f_refs, self.lambda_pe, self.pe_dim, self.match_chunk_size,
+                                    pe_form=self.pe_form, pe_prior_unit=self.pe_prior_unit)
+        return indices
 
     def _check_schedule(self, contexts: list[Inversion], references: list[list[Inversion]]) -> None:
         """Every inversion (fresh or from the cache) must be on this sampler's own timesteps."""
@@ -418,9 +455,9 @@ class Semantix(Method):
             f_ctx = context_features[block].float()
             if self.gammas["style"]:
                 f_refs = [r[block].float() for r in reference_features]
-                query = f_out.detach() if self.match_on == "output" else f_ctx
-                indices, _ = match_features(query, f_refs, self.lambda_pe, self.pe_dim, self.match_chunk_size,
-                                            pe_form=self.pe_form, pe_prior_unit=self.pe_prior_unit)
+                indices = context_features.get(("match", block))  # fixed by `match_timestep`
+                if indices is None:
+                    indices = self._match(f_out.detach() if self.match_on == "output" else f_ctx, f_refs)
                 matched = gather_matched(torch.cat([flatten_locations(f) for f in f_refs]), indices,
                                          hw=tuple(f_out.shape[-2:]))
                 add("style", style_energy(f_out, matched), weight)
