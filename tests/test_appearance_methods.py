@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,12 +88,13 @@ def test_injection_off_reproduces_the_plain_reconstruction_of_the_content(make, 
 @pytest.mark.parametrize("name", METHODS)
 def test_masks_are_used_and_an_empty_mask_fails_the_sample(make, demo, name):
     sample = single(demo)
-    method = make(name)
+    method = make(name, masks="manifest")
     masked = method(with_masks(sample), seed())
     unmasked = method(sample, seed())
-    assert masked.diagnostics["masked"] is True
+    assert masked.diagnostics["masked"] is True and masked.diagnostics["masks"] == "manifest"
+    assert unmasked.diagnostics["masks"] == "none"  # masks: manifest on a sample without masks
     assert (masked.image - unmasked.image).abs().max() > 1e-4
-    ignored = make(name, use_masks=False)(with_masks(sample), seed())
+    ignored = make(name, masks="none")(with_masks(sample), seed())
     assert torch.equal(ignored.image, unmasked.image)
     with pytest.raises(SampleError, match="no foreground"):
         method(with_masks(sample, content_rows=slice(0, 0)), seed())
@@ -182,7 +184,48 @@ def test_eye_for_an_eye_without_masks_runs_unmasked_adain_in_the_late_steps(make
     none = make("eye_for_an_eye", stats_without_masks="none")(sample, seed())
     assert not calls and none.diagnostics["statistics_matching"] == "none"
     assert (none.image - out.image).abs().max() > 1e-4
-    masked = method(with_masks(sample), seed())  # with masks: masked AdaIN, not the unmasked one
+    masked = make("eye_for_an_eye", masks="manifest")(with_masks(sample), seed())  # masked AdaIN, not the unmasked one
     assert not calls and masked.diagnostics["statistics_matching"] == "masked_adain"
     with pytest.raises(ValueError, match="stats_without_masks"):
         EyeForAnEye(stats_without_masks="sometimes")
+
+
+def test_self_segmentation_finds_the_segment_the_domain_word_attends_to():
+    from semantix.methods.appearance import self_segmentation_mask
+
+    side, segments = 8, 4
+    labels = np.repeat(np.arange(side) // 2, side)  # four segments: bands of two rows
+    g = torch.Generator().manual_seed(0)
+    # Self-attention rows: each location attends mostly within its segment (plus noise).
+    self_maps = torch.tensor(labels[:, None] == labels[None], dtype=torch.float32) + 0.05 * torch.rand(64, 64, generator=g)
+    self_maps = self_maps / self_maps.sum(1, keepdim=True)
+    # Cross-attention at half the side (4x4), 6 text tokens; token 4 (the domain word) on segment 2.
+    seg_small = labels.reshape(side, side)[::2, ::2].reshape(-1)
+    cross = 0.1 * torch.rand(16, 6, generator=g)
+    cross[seg_small == 2, 4] += 1.0
+    mask = self_segmentation_mask(self_maps, cross, [4], segments, 1.4, seed=0)
+    assert mask.shape == (side, side) and np.array_equal(mask.reshape(-1), labels == 2)
+    # Upstream's rule rewritten: score per segment = mean normalised word map; foreground where it
+    # exceeds 1.4 x the mean of the other scores (the maximum left out).
+    word = cross[:, 4].reshape(4, 4).numpy().repeat(2, 0).repeat(2, 1)
+    word = (word - abs(word.min())) / word.max()
+    scores = [word.reshape(-1)[labels == c].mean() for c in range(segments)]
+    rest = sorted(scores)[:-1]
+    assert [c for c in range(segments) if scores[c] > 1.4 * sum(rest) / len(rest)] == [2]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_self_segmentation_masks_are_used_and_recorded(make, demo, name):
+    sample = single(demo)
+    method = make(name, masks="self")
+    out = method(with_masks(sample), seed())  # the manifest's masks are not used with masks: self
+    diag = out.diagnostics
+    assert diag["masks"] == "self" and diag["masked"] is False
+    assert len(diag["self_mask_foreground"]) == 2 and all(0 <= f <= 1 for f in diag["self_mask_foreground"])
+    assert torch.isfinite(out.image).all()
+    none = make(name, masks="none")(sample, seed())
+    assert none.diagnostics["masks"] == "none"
+    if not diag.get("self_mask_empty"):
+        assert (none.image - out.image).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="masks"):
+        METHODS[name][0](masks="sometimes")

@@ -16,6 +16,14 @@ latent and layer resolution. Each method's `__call__` and sampling loop live in 
 
 Step numbering: `r = 0 .. num_steps - skip_steps - 1` counts the denoising steps that run (the
 authors' step index, in which their ranges are given); step `r` is schedule index `skip_steps + r`.
+
+Masks (`masks: manifest | self | none`): the manifest's foreground masks; or self-segmentation as
+Cross-Image Attention's code derives them (`utils/segmentation.py`, from Prompt Mixing): at the step
+before the statistics matching starts, the head-averaged self-attention maps of the appearance and
+the structure row in the last decoder self-attention layer at the latent's resolution are clustered
+by K-means (5 segments), and the segments whose mean cross-attention to the domain word (from the
+last decoder cross-attention layer at half that resolution, upsampled) exceeds 1.4 x the mean score
+of the other segments form the foreground; or none.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +46,7 @@ from semantix.store import stable_hash
 from semantix.types import Sample, SampleError
 
 OUTPUT, APPEARANCE, STRUCTURE = 0, 1, 2
+MASK_SOURCES = ("manifest", "self", "none")
 
 
 @dataclass
@@ -52,6 +62,7 @@ class JointBatch:
     latent_masks: list[torch.Tensor] | None  # the same at latent resolution, (1, 1, h, w)
     references_used: int
     sample_id: str = ""
+    mask_source: str = "none"  # which masks this sample uses: manifest, self (from the segmentation step) or none
     _token_masks: dict = field(default_factory=dict, repr=False)
 
     def token_masks(self, side: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -80,8 +91,10 @@ class JointAppearanceTransfer(Method):
         structure_every: int | None,
         structure_until: int,
         inject: bool,
-        use_masks: bool,
+        masks: str,
         cache_inversions: bool,
+        self_segments: int = 5,
+        self_segment_threshold: float = 1.4,
     ):
         if not 0 <= skip_steps < num_steps:
             raise ValueError(f"skip_steps must be in [0, num_steps), got {skip_steps} of {num_steps}")
@@ -102,7 +115,11 @@ class JointAppearanceTransfer(Method):
         self.structure_every = structure_every
         self.structure_until = structure_until
         self.inject = inject
-        self.use_masks = use_masks
+        if masks not in MASK_SOURCES:
+            raise ValueError(f"masks must be one of {MASK_SOURCES}, got {masks!r}")
+        self.mask_source = masks
+        self.self_segments = int(self_segments)
+        self.self_segment_threshold = float(self_segment_threshold)
         self.cache_inversions = cache_inversions
 
     # -- set-up --------------------------------------------------------------------------------------
@@ -118,6 +135,9 @@ class JointAppearanceTransfer(Method):
         self.scheduler.set_timesteps(self.num_steps)
         self.stepper = DDPMStepper(self.scheduler)
         self.uncond_embedding = backbone.encode_prompt([""])
+        # Decoder cross-attention layers: recorded at the self-segmentation step (masks: self).
+        self.cross_layers = [k[: -len(".processor")] for k in self.unet.attn_processors
+                             if k.startswith("up_blocks") and k.endswith("attn2.processor")]
         self.cache = TensorCache(Path(cache_dir), enabled=self.cache_inversions)
 
     # -- shared pieces -------------------------------------------------------------------------------
@@ -151,8 +171,10 @@ class JointAppearanceTransfer(Method):
         x, zs = self.joint_start(structure, appearance)
         masks = self.masks(sample)
         latent_masks = None if masks is None else [mask_at(m, x.shape[-1], sample.sample_id) for m in masks]
+        source = "manifest" if masks is not None else ("self" if self.mask_source == "self" else "none")
         return JointBatch(prompt, x, zs, self.backbone.encode_prompt([prompt]).expand(3, -1, -1),
-                          self.uncond_embedding.expand(3, -1, -1), masks, latent_masks, used, sample.sample_id)
+                          self.uncond_embedding.expand(3, -1, -1), masks, latent_masks, used, sample.sample_id,
+                          source)
 
     def invert_inputs(self, sample: Sample, prompt: str, seed: int) -> tuple[Inversion, Inversion, int]:
         """Inversions of the structure (content) and appearance (first reference) images.
@@ -201,12 +223,106 @@ class JointAppearanceTransfer(Method):
 
     def masks(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(structure, appearance) foreground masks ``(1, H, W)``, or None when unused or absent."""
-        if not self.use_masks:
+        if self.mask_source != "manifest":
             return None
         content, reference = sample.masks.get("content"), sample.masks.get(sample.reference_keys[0])
         if content is None or reference is None:
             return None
         return content.to(self.backbone.device), reference.to(self.backbone.device)
+
+
+    # -- self-segmentation (masks: self) -------------------------------------------------------------
+    def processors_for(self, job: JointBatch, processor_cls) -> dict:
+        """The joint loop's attention processors: the injected layers, plus recorders on the decoder
+        cross-attention layers when the sample's masks come from self-segmentation (inert otherwise)."""
+        names = list(self.layer_ranges) + (self.cross_layers if job.mask_source == "self" else [])
+        return {name: processor_cls(name) for name in names}
+
+    def record(self, processors: dict, on: bool) -> None:
+        """Start (a fresh record per layer, q and k) or stop recording in every processor."""
+        for proc in processors.values():
+            proc.record = {} if on else None
+            proc.record_keys = ("q", "k")
+
+    def domain_token_indices(self, prompt: str, domain: str) -> list[int]:
+        """Positions of the domain word's tokens in the encoded prompt (after the start token)."""
+        tokenizer = self.backbone.tokenizer
+        full = tokenizer(prompt).input_ids
+        head = tokenizer(prompt[: prompt.rfind(domain)].rstrip()).input_ids if domain in prompt else full
+        start = len(head) - 1  # without the end token
+        end = len(full) - 1
+        return list(range(start, end)) if end > start else [end - 1]
+
+    def self_masks(self, processors: dict, job: JointBatch, domain: str, side: int,
+                   seed: int) -> tuple[list[torch.Tensor] | None, dict]:
+        """(structure, appearance) latent masks ``(1, 1, side, side)`` by self-segmentation of the
+        recorded step, and what the record says about them. An empty foreground gives ``None``
+        (the caller then matches without masks) and says so."""
+        heads = {name: int(self.unet.get_submodule(name).heads) for name in processors}
+        own = [n for n in self.layer_ranges if processors[n].record and processors[n].record["q"].shape[1] == side * side]
+        cross = [n for n in self.cross_layers if processors[n].record]
+        if not own or not cross:
+            raise RuntimeError("self-segmentation: no recorded self-attention layer at the latent resolution")
+        sides = {n: tokens_side(processors[n].record["q"].shape[1]) for n in cross}
+        half = [n for n in cross if sides[n] * 2 == side] or [n for n in cross if sides[n] == side] or cross
+        self_layer, cross_layer = own[-1], half[-1]
+        tokens = self.domain_token_indices(job.prompt, domain)
+        masks, fractions = [], []
+        for row in (STRUCTURE, APPEARANCE):
+            rec, crec = processors[self_layer].record, processors[cross_layer].record
+            self_maps = head_mean_attention(rec["q"][row], rec["k"][row], heads[self_layer])
+            cross_maps = head_mean_attention(crec["q"][row], crec["k"][row], heads[cross_layer])
+            mask = self_segmentation_mask(self_maps, cross_maps, tokens, self.self_segments,
+                                          self.self_segment_threshold, seed)
+            fractions.append(float(mask.mean()))
+            masks.append(torch.from_numpy(mask).float().to(job.x.device)[None, None])
+        info = {"self_mask_foreground": fractions, "self_mask_layers": [self_layer, cross_layer]}
+        if min(fractions) == 0.0:
+            info["self_mask_empty"] = True  # no segment passed the score: unmasked matching
+            return None, info
+        return masks, info
+
+
+def head_mean_attention(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d))`` of one row's projected ``q`` ``(N, C)`` and ``k`` ``(M, C)``,
+    averaged over the heads: ``(N, M)`` in float32 (one head at a time, to bound memory)."""
+    n, c = q.shape
+    d = c // heads
+    total = torch.zeros(n, k.shape[0], dtype=torch.float32, device=q.device)
+    for h in range(heads):
+        qh, kh = q[:, h * d:(h + 1) * d].float(), k[:, h * d:(h + 1) * d].float()
+        total += torch.softmax(qh @ kh.T / math.sqrt(d), dim=-1)
+    return total / heads
+
+
+def self_segmentation_mask(self_maps: torch.Tensor, cross_maps: torch.Tensor, tokens: Sequence[int],
+                           num_segments: int = 5, threshold: float = 1.4, seed: int = 0) -> np.ndarray:
+    """Foreground of one image by self-segmentation (Cross-Image Attention's ``Segmentor``, from
+    Prompt Mixing): K-means of the rows of the ``(N, N)`` self-attention map into ``num_segments``
+    segments; each word map (the ``(Nc, T)`` cross-attention columns ``tokens``, upsampled to the
+    self-attention grid by repetition, normalised as ``(m - |min m|) / max m``) scores a segment by
+    its mean over it; a segment is foreground when its best score exceeds ``threshold`` x the mean of
+    the other segments' best scores (the highest one left out). Returns ``(side, side)`` bool."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    n = self_maps.shape[0]
+    side, cside = tokens_side(n), tokens_side(cross_maps.shape[0])
+    with threadpool_limits(limits=1):
+        labels = KMeans(n_clusters=num_segments, n_init=10, random_state=seed).fit_predict(
+            self_maps.cpu().numpy()).reshape(side, side)
+    factor = max(side // cside, 1)
+    maps = cross_maps.cpu().numpy().reshape(cside, cside, -1)[:, :, list(tokens)]
+    maps = maps.repeat(factor, axis=0).repeat(factor, axis=1)[:side, :side]
+    maps = (maps - np.abs(maps.min(axis=(0, 1)))) / np.maximum(maps.max(axis=(0, 1)), 1e-12)
+    scores = []
+    for c in range(num_segments):
+        inside = labels == c
+        scores.append(max(float(maps[inside, i].mean()) if inside.any() else 0.0 for i in range(maps.shape[-1])))
+    others = sorted(scores)[:-1]
+    mean_other = sum(others) / max(len(others), 1)
+    foreground = [c for c in range(num_segments) if scores[c] > threshold * mean_other]
+    return np.isin(labels, foreground)
 
 
 def mask_at(mask: torch.Tensor, side: int, sample_id: str = "") -> torch.Tensor:

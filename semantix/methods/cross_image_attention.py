@@ -49,11 +49,14 @@ class CrossImageAttention(JointAppearanceTransfer):
         swap_guidance_scale: float = 3.5,
         adain_start_step: int | None = 20,
         inject: bool = True,
-        use_masks: bool = True,
+        masks: str = "self",
+        self_segments: int = 5,
+        self_segment_threshold: float = 1.4,
         cache_inversions: bool = True,
     ):
         super().__init__(num_steps, skip_steps, inversion_guidance_scale, prompt, default_domain, layers,
-                         step_ranges, structure_every, structure_until, inject, use_masks, cache_inversions)
+                         step_ranges, structure_every, structure_until, inject, masks, cache_inversions,
+                         self_segments, self_segment_threshold)
         self.guidance_scale = guidance_scale
         self.contrast_strength = contrast_strength
         self.swap_guidance_scale = swap_guidance_scale
@@ -66,7 +69,12 @@ class CrossImageAttention(JointAppearanceTransfer):
         job = self.start(sample, generator)
         x = job.x
         swap_scales = self.swap_guidance_schedule()
-        processors = {name: InjectableAttnProcessor(name) for name in self.layer_ranges}
+        latent_masks = job.latent_masks
+        segmentation: dict = {}
+        segment_step = None
+        if job.mask_source == "self" and self.adain_start_step is not None:
+            segment_step = max(self.adain_start_step - 1, 0)  # the authors: attention of step start - 1
+        processors = self.processors_for(job, InjectableAttnProcessor)
         with torch.no_grad(), attention_processors(self.unet, processors):
             for r in self.run_steps:
                 i = self.skip_steps + r
@@ -79,7 +87,12 @@ class CrossImageAttention(JointAppearanceTransfer):
                                  contrast_rows=[OUTPUT])
                 for name, proc in processors.items():
                     proc.inject = swap if name in active else None
+                self.record(processors, r == segment_step)
                 eps_swap = self.predict(x, t, job.cond)
+                if r == segment_step:  # masks: self: segment the appearance and the structure row
+                    latent_masks, segmentation = self.self_masks(processors, job, sample.domain or self.default_domain,
+                                                                 x.shape[-1], generator.initial_seed() & 0x7FFFFFFF)
+                    self.record(processors, False)
                 # 2b. Swap guidance: a pass without the swap, extrapolated towards the swapped one
                 #     (only where a layer swapped). With text CFG > 1 (the paper uses 1: off), the
                 #     authors instead combine an unconditional pass without the swap with eps_swap.
@@ -96,11 +109,12 @@ class CrossImageAttention(JointAppearanceTransfer):
                 # 2d. AdaIN of the output latent to the appearance latent (masked to the foregrounds).
                 if self.adain_start_step is not None and r >= self.adain_start_step:
                     out, app = x[OUTPUT:OUTPUT + 1], x[APPEARANCE:APPEARANCE + 1]
-                    x[OUTPUT:OUTPUT + 1] = adain(out, app) if job.latent_masks is None else masked_adain(out, app, *job.latent_masks)
+                    x[OUTPUT:OUTPUT + 1] = adain(out, app) if latent_masks is None else masked_adain(out, app, *latent_masks)
         # 3. Decode the output row.
         image = self.backbone.decode_latents(x[OUTPUT:OUTPUT + 1])[0]
         return MethodOutput(image=image, diagnostics={"num_references_used": job.references_used,
-                                                      "masked": job.masks is not None, "prompt": job.prompt})
+                                                      "masked": job.masks is not None, "prompt": job.prompt,
+                                                      "masks": job.mask_source, **segmentation})
 
     # -- pieces --------------------------------------------------------------------------------------
     def swap_guidance_schedule(self) -> list[float]:

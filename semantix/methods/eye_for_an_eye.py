@@ -56,14 +56,17 @@ class EyeForAnEye(JointAppearanceTransfer):
         structure_every: int | None = 5,
         structure_until: int = 40,
         inject: bool = True,
-        use_masks: bool = True,
+        masks: str = "manifest",
+        self_segments: int = 5,
+        self_segment_threshold: float = 1.4,
         stats_start_step: int | None = 49,
         stats_without_masks: str = "adain",
         match_chunk_size: int = 1024,
         cache_inversions: bool = True,
     ):
         super().__init__(num_steps, skip_steps, inversion_guidance_scale, prompt, default_domain, layers,
-                         step_ranges, structure_every, structure_until, inject, use_masks, cache_inversions)
+                         step_ranges, structure_every, structure_until, inject, masks, cache_inversions,
+                         self_segments, self_segment_threshold)
         self.guidance_scale = guidance_scale
         if stats_without_masks not in STATS_WITHOUT_MASKS:
             raise ValueError(f"stats_without_masks must be one of {STATS_WITHOUT_MASKS}, got {stats_without_masks!r}")
@@ -77,8 +80,11 @@ class EyeForAnEye(JointAppearanceTransfer):
         #    joint batch [output, appearance, structure] at step `skip_steps`.
         job = self.start(sample, generator)
         x = job.x
-        statistics = self.statistics_matching(job.latent_masks is not None)
-        processors = {name: InjectableAttnProcessor(name) for name in self.layer_ranges}
+        latent_masks = job.latent_masks
+        statistics = self.statistics_matching(latent_masks is not None)
+        segment_step = self.segmentation_step(job)
+        segmentation: dict = {}
+        processors = self.processors_for(job, InjectableAttnProcessor)
         with torch.no_grad(), attention_processors(self.unet, processors):
             for r in self.run_steps:
                 i = self.skip_steps + r
@@ -92,20 +98,33 @@ class EyeForAnEye(JointAppearanceTransfer):
                 rewrite = self._rewrite(r, job)
                 for name, proc in processors.items():
                     proc.inject = Injection(rewrite_hidden=rewrite) if name in active else None
+                self.record(processors, r == segment_step)
                 eps_cond = self.predict(x, t, job.cond)
+                if r == segment_step:  # masks: self: segment the appearance and the structure row
+                    latent_masks, segmentation = self.self_masks(processors, job, sample.domain or self.default_domain,
+                                                                 x.shape[-1], generator.initial_seed() & 0x7FFFFFFF)
+                    self.record(processors, False)
+                    statistics = self.statistics_matching(latent_masks is not None)
                 # 2c. CFG 2.5 and the DDPM step of each row with its own noise map.
                 x = self.stepper.step(x, cfg(eps_uncond, eps_cond, self.guidance_scale), i, job.zs[r])
                 # 2d. Late colour-statistics matching of the output to the appearance: masked AdaIN
                 #     with masks, unmasked AdaIN without (the authors' use_masked_adain off).
                 if statistics != "none" and r >= self.stats_start_step:
                     out, app = x[OUTPUT:OUTPUT + 1], x[APPEARANCE:APPEARANCE + 1]
-                    x[OUTPUT:OUTPUT + 1] = masked_adain(out, app, *job.latent_masks) if statistics == "masked_adain" \
+                    x[OUTPUT:OUTPUT + 1] = masked_adain(out, app, *latent_masks) if statistics == "masked_adain" \
                         else adain(out, app)
         # 3. Decode the output row.
         image = self.backbone.decode_latents(x[OUTPUT:OUTPUT + 1])[0]
         return MethodOutput(image=image, diagnostics={"num_references_used": job.references_used,
                                                       "masked": job.masks is not None, "prompt": job.prompt,
-                                                      "statistics_matching": statistics})
+                                                      "statistics_matching": statistics, "masks": job.mask_source,
+                                                      **segmentation})
+
+    def segmentation_step(self, job: JointBatch) -> int | None:
+        """Run step whose attention is segmented (masks: self): the one before the statistics matching."""
+        if job.mask_source != "self" or self.stats_start_step is None:
+            return None
+        return max(self.stats_start_step - 1, 0)
 
     def statistics_matching(self, masked: bool) -> str:
         """Which late statistics matching runs: ``masked_adain``, ``adain`` (no masks) or ``none``."""
