@@ -18,8 +18,8 @@ Step numbering: `r = 0 .. num_steps - skip_steps - 1` counts the denoising steps
 authors' step index, in which their ranges are given); step `r` is schedule index `skip_steps + r`.
 
 Masks (`masks: manifest | self | none`): the manifest's foreground masks; or self-segmentation as
-Cross-Image Attention's code derives them (`utils/segmentation.py`, from Prompt Mixing): at the step
-before the statistics matching starts, the head-averaged self-attention maps of the appearance and
+Cross-Image Attention's code derives them (`utils/segmentation.py`, from Prompt Mixing): at the first step
+with statistics matching (before its AdaIN), the head-averaged self-attention maps of the appearance and
 the structure row in the last decoder self-attention layer at the latent's resolution are clustered
 by K-means (5 segments), and the segments whose mean cross-attention to the domain word (from the
 last decoder cross-attention layer at half that resolution, upsampled) exceeds 1.4 x the mean score

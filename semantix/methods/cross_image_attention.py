@@ -73,7 +73,9 @@ class CrossImageAttention(JointAppearanceTransfer):
         segmentation: dict = {}
         segment_step = None
         if job.mask_source == "self" and self.adain_start_step is not None:
-            segment_step = max(self.adain_start_step - 1, 0)  # the authors: attention of step start - 1
+            # The authors record the attention while their step counter (set after each step) reads
+            # start - 1, i.e. while step `start` is computed, and segment before its AdaIN.
+            segment_step = self.adain_start_step
         processors = self.processors_for(job, InjectableAttnProcessor)
         with torch.no_grad(), attention_processors(self.unet, processors):
             for r in self.run_steps:

@@ -121,10 +121,11 @@ class EyeForAnEye(JointAppearanceTransfer):
                                                       **segmentation})
 
     def segmentation_step(self, job: JointBatch) -> int | None:
-        """Run step whose attention is segmented (masks: self): the one before the statistics matching."""
+        """Run step whose attention is segmented (masks: self): the first step with statistics matching
+        (segmented after its UNet passes, before its AdaIN), as Cross-Image Attention's code."""
         if job.mask_source != "self" or self.stats_start_step is None:
             return None
-        return max(self.stats_start_step - 1, 0)
+        return self.stats_start_step
 
     def statistics_matching(self, masked: bool) -> str:
         """Which late statistics matching runs: ``masked_adain``, ``adain`` (no masks) or ``none``."""
