@@ -9,7 +9,8 @@
   process: the exit status is 0 once every job returned (non-zero only when Hydra/submitit itself
   fails), and the results tell the rest (leaderboard `n_failed`/`n_missing`, `invocations/*.json`,
   the `.submitit/` logs). Every job still rewrites the leaderboard when it ends.
-- `semantix-leaderboard [--runs DIR] [--out CSV] [--markdown MD]`: aggregate run directories.
+- `semantix-leaderboard [--runs DIR] [--out CSV] [--markdown MD] [--table styleid]`: aggregate run
+  directories; `--table` also writes a paper's table (column order, units, published values beside).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+
+from semantix.tables import TABLES
 
 log = logging.getLogger("semantix")
 
@@ -129,8 +132,28 @@ def leaderboard(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=default_runs, help="folder of run directories")
     parser.add_argument("--out", type=Path, default=default_csv, help="CSV to write")
     parser.add_argument("--markdown", type=Path, default=default_md, help="Markdown table to write")
+    parser.add_argument("--table", choices=sorted(TABLES), default=None,
+                        help="also write a paper table (its column order and units, beside the published "
+                             "values) to <out folder>/table_<name>.csv and .md, and print it")
+    parser.add_argument("--published", type=Path, default=None,
+                        help="CSV of published values (default: results/published/<table>.csv)")
     args = parser.parse_args(argv)
     if not args.runs.is_dir():
         sys.exit(f"semantix-leaderboard: no runs folder at {args.runs} (run semantix-bench first)")
     table = write_leaderboard(args.runs, args.out, args.markdown)
     print(f"{len(table)} row(s) -> {args.out} and {args.markdown}")
+    if args.table:
+        print(write_paper_table(table, args.table, args.out.parent, args.published), end="")
+
+
+def write_paper_table(leaderboard_table, name: str, out_dir: Path, published: Path | None = None) -> str:
+    """`semantix-leaderboard --table NAME`: table_<name>.csv and .md beside the leaderboard; returns the Markdown."""
+    from semantix.store import atomic_write_bytes
+    from semantix.tables import paper_table, read_published, to_markdown
+
+    spec = TABLES[name]
+    frame = paper_table(leaderboard_table, spec, read_published(published or spec.published_path()))
+    markdown = to_markdown(frame, spec)
+    atomic_write_bytes(Path(out_dir) / f"table_{name}.csv", frame.to_csv(index=False).encode())
+    atomic_write_bytes(Path(out_dir) / f"table_{name}.md", markdown.encode())
+    return markdown

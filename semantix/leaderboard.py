@@ -5,7 +5,9 @@ samples that finished, and the half-width of a two-sided 95% Student-t confidenc
 mean, t_{0.975, n-1} * s / sqrt(n) with s the sample standard deviation (ddof=1); undefined (empty)
 for n < 2. Counts: `n` samples in the dataset, `n_ok`, `n_failed`, `n_missing` (not yet run: the run
 is incomplete, e.g. a shard has not finished), `n_duplicated` (record files repeating a sample id,
-counted once). Shards of one run write into the same run directory, so a row merges them. Every value is computed from the records on disk; nothing is cached or typed in.
+counted once), `n_manifest` (the whole manifest, before `dataset.limit`) and `partial` (fewer ok
+samples than the manifest). Set-level metrics carry their N (`<name>_n`) and `<name>_comparable`
+(false below the manifest's N or the protocol's `min_n`). Shards of one run write into the same run directory, so a row merges them. Every value is computed from the records on disk; nothing is cached or typed in.
 
 Values of different metric configs are never averaged together: a metric's mean covers only the
 values computed under its current config (the run's `metric_info/<name>.json`); `<metric>_missing`
@@ -176,7 +178,10 @@ def summarise(run: RunSummary) -> dict:
         "n_failed": sum(r.get("status") == "failed" for r in records),
         "n_missing": max(0, n_expected - len(records)),
         "n_duplicated": n_duplicated,
+        # The whole manifest (before dataset.limit): a run covering fewer samples is partial.
+        "n_manifest": (prov.get("data") or {}).get("n_manifest", n_expected),
     }
+    row["partial"] = bool(len(ok) < row["n_manifest"])
     metric_names = sorted({name for r in ok for name in r.get("metrics", {})})
     for name in metric_names:
         # Only values computed under the metric's current config (the run's metric_info) are averaged;
@@ -191,6 +196,8 @@ def summarise(run: RunSummary) -> dict:
         stale = current is not None and result.get("config_hash") != current
         row[f"{name}_set"] = math.nan if stale else result.get("value", math.nan)
         row[f"{name}_n"] = None if stale else result.get("n")
+        # False when the value covers fewer samples than the manifest or than its protocol's N (min_n).
+        row[f"{name}_comparable"] = None if stale else result.get("comparable")
     guidance = diagnostics.run_summary(ok)
     for name in diagnostics.LEADERBOARD_COLUMNS:
         if name in guidance:
@@ -217,6 +224,19 @@ def _format(value: float) -> str:
     return f"{value:.4g}"
 
 
+def set_cell(row, name: str) -> str:
+    """A set metric's value with its N, and "not comparable" when it covers fewer samples than the
+    manifest or than its protocol's N (e.g. "18.13 (N=2, not comparable)")."""
+    cell = _format(row.get(f"{name}_set"))
+    n = row.get(f"{name}_n")
+    if not cell or n is None or (isinstance(n, float) and math.isnan(n)):
+        return cell
+    cell += f" (N={int(n)}"
+    comparable = row.get(f"{name}_comparable")
+    known = comparable is not None and not (isinstance(comparable, float) and math.isnan(comparable))
+    return cell + (", not comparable)" if known and not bool(comparable) else ")")
+
+
 def to_markdown(table: pd.DataFrame, metric_info: dict) -> str:
     metric_names = sorted({c[: -len("_mean")] for c in table.columns if c.endswith("_mean")})
     set_names = sorted({c[: -len("_set")] for c in table.columns if c.endswith("_set")})
@@ -238,8 +258,10 @@ def to_markdown(table: pd.DataFrame, metric_info: dict) -> str:
             cells[-2] += f" ({row['n_missing']} not run)"
         if row.get("n_duplicated"):
             cells[-2] += f" ({row['n_duplicated']} duplicated)"
+        if row.get("partial"):
+            cells[-2] += f" (partial: {row['n_ok']} of {row['n_manifest']})"
         for name in set_names:
-            cells.append(_format(row.get(f"{name}_set")))
+            cells.append(set_cell(row, name))
         for name in metric_names:
             mean, half = row.get(f"{name}_mean"), row.get(f"{name}_ci95")
             cell = _format(mean)
@@ -255,7 +277,9 @@ def to_markdown(table: pd.DataFrame, metric_info: dict) -> str:
         "",
         "Values: mean ± half-width of the 95% Student-t confidence interval over samples "
         "(empty when fewer than 2 samples); set-level metrics (FID, ArtFID) are one value per run, "
-        "over its finished samples (`<name>_n` in the CSV). ↑ higher is better, ↓ lower is better.",
+        "over its finished samples, shown with its N (`<name>_n` in the CSV); \"not comparable\" when N is "
+        "below the manifest's (a partial run: `dataset.limit`, failures, samples not run) or below the "
+        "metric's protocol N (FID: 50; StyleID: 800). ↑ higher is better, ↓ lower is better.",
         "Rows on the `tiny` backbone (random weights) exercise the code and say nothing about quality.",
     ]
     if guidance_names:

@@ -64,7 +64,7 @@ from PIL import Image
 from semantix import diagnostics
 from semantix.data.images import resize_center_crop, sha256_file
 from semantix.data.manifest import REFERENCE_SEPARATOR, Manifest
-from semantix.leaderboard import KEY_COLUMNS, RunSummary, build_table, find_runs
+from semantix.leaderboard import KEY_COLUMNS, RunSummary, build_table, find_runs, set_cell
 from semantix.store import safe_filename
 
 log = logging.getLogger(__name__)
@@ -544,9 +544,12 @@ def leaderboard_html(runs: list[ReportRun], metric_info: dict) -> str:
         out = [f'<td data-sort="{_e(sort[c])}">{text[c]}</td>' for c in text]
         for column in ("n", "n_ok", "n_failed", "n_missing"):
             out.append(f'<td class="num" data-sort="{_e(row[column])}">{_e(row[column])}</td>')
+        if row.get("partial"):
+            out[-1] = out[-1].replace("</td>", f' <span class="warn">partial: {_e(row.get("n_ok"))} of '
+                                               f'{_e(row.get("n_manifest"))}</span></td>')
         for name in set_names:
             value = row.get(f"{name}_set")
-            out.append(f'<td class="num" data-sort="{_e(_fmt(value))}">{_e(_fmt(value))}</td>')
+            out.append(f'<td class="num" data-sort="{_e(_fmt(value))}">{_e(set_cell(row, name))}</td>')
         for name in metrics:
             mean, half = row.get(f"{name}_mean"), row.get(f"{name}_ci95")
             text = _fmt(mean) + (f" ± {_fmt(half)}" if _fmt(mean) and _fmt(half) else "")

@@ -306,7 +306,7 @@ class Runner:
         until none is left (`_settle_data_provenance`) "manifest_sha256" keeps the earlier manifest
         and "manifest_sha256_pending" names the current one.
         """
-        data = self.dataset.provenance()
+        data = {**self.dataset.provenance(), "n_manifest": self._n_manifest()}
         current = data.get("manifest_sha256")
         previous = store.read_json("provenance.json").get("data") or {}
         earlier = previous.get("manifest_sha256")
@@ -622,10 +622,24 @@ class Runner:
                 stored[name] = {"error": f"{type(e).__name__}: {e}", "config_hash": self.metric_hashes[name]}
                 continue
             details = metric.details() if hasattr(metric, "details") else {}
-            stored[name] = {"value": value, "n": len(ok), **details, "records_hash": records_hash,
-                            "config_hash": self.metric_hashes[name]}
+            stored[name] = {"value": value, "n": len(ok), **details, **self._set_metric_n(len(ok), details),
+                            "records_hash": records_hash, "config_hash": self.metric_hashes[name]}
         summary["set_metrics"] = stored
         run.store.write_json("summary.json", summary)
+
+    def _n_manifest(self) -> int:
+        """Samples in the whole manifest, before `dataset.limit` (what a complete run covers)."""
+        manifest = getattr(self.dataset, "manifest", None)
+        return len(manifest.sample_ids if manifest is not None else self.dataset.sample_ids)
+
+    def _set_metric_n(self, n: int, details: dict) -> dict:
+        """A set metric's N against the manifest and its protocol: `partial` when the run covers fewer
+        samples than the manifest (dataset.limit, failures), `comparable` false when partial or below the
+        protocol's minimum N (`min_n` in details, e.g. FID's 50)."""
+        n_manifest = self._n_manifest()
+        min_n = details.get("min_n")
+        return {"n_manifest": n_manifest, "partial": n < n_manifest,
+                "comparable": n >= n_manifest and (min_n is None or n >= min_n)}
 
     def _complete(self, run: MethodRun) -> bool:
         """Whether every sample of the unsharded dataset (after `dataset.limit`) has a record."""

@@ -113,7 +113,8 @@ def test_duplicate_references_count_once():
         metric.update(output, Sample(f"s{i}", contents[i], references))
     assert metric.details() | {"fid": 0} == {"fid": 0, "n_outputs": 6, "n_references": 3,
                                            "inception": "random", "feature": FAST,
-                                           "references": "distinct", "resize": "antialiased"}
+                                           "references": "distinct", "resize": "antialiased",
+                                           "min_n": 50}
 
     once = FID(weights="random", feature=FAST, device="cpu")
     for i, output in enumerate(outputs):

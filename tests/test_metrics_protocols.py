@@ -192,7 +192,7 @@ def test_art_inception_features_are_art_fids_at_own_size_and_styleids_at_short_s
     own = FID(weights="random", network="art", device="cpu")
     styleid = FID(weights="random", network="art", short_side=128, device="cpu")
     assert own.inception_kind == styleid.inception_kind == "random-art"
-    assert own.details.__name__ and styleid.protocol() == {"references": "distinct", "short_side": 128}
+    assert own.details.__name__ and styleid.protocol() == {"references": "distinct", "min_n": 50, "short_side": 128}
     trunk = seeded(lambda: random_art_inception()).trunk  # the same seeded network, built independently
     image = smooth_image(7, 96, 144)
     with torch.no_grad():

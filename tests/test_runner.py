@@ -179,7 +179,7 @@ def test_tiny_metric_preset_end_to_end(tmp_path):
         assert set(record["metrics"]) == per_sample
         assert all(v == v for v in record["metrics"].values())  # no NaN
     summary = json.loads((run.run_dir / "summary.json").read_text())["set_metrics"]
-    assert summary["fid"]["n_outputs"] == 3 and summary["fid"]["inception"] == "random"
+    assert summary["fid"]["n_outputs"] == 3 and summary["fid"]["inception"] == "random-art"
     assert summary["artfid"]["value"] == pytest.approx((1 + summary["artfid"]["lpips"]) * (1 + summary["artfid"]["fid"]),
                                                       rel=1e-5)
     described = json.loads((run.run_dir / "metrics.json").read_text())

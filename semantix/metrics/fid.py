@@ -323,6 +323,10 @@ class SharedFeatures(torch.nn.Module):
 
 
 # -- the metrics -----------------------------------------------------------------------------------
+# The fewest outputs a FID is reported as comparable over (the runner's `comparable` flag): FID is biased
+# upwards at small N (Chong and Forsyth 2020); below ~50 images its covariance is mostly rank deficiency.
+# A protocol with a fixed N sets it (StyleID: 800).
+MIN_N = 50
 STANDARD = "standard"
 NETWORKS = ("auto", STANDARD, ART)
 DISTINCT = "distinct"
@@ -345,7 +349,9 @@ class FID(SetMetric):
     - `resize` (standard Inception only): "antialiased" (torchmetrics' default) | "torch-fidelity"
       (TF1-compatible, torch-fidelity's features exactly) | "pytorch-fid" (plain bilinear, 2x - 1);
     - `short_side` (art Inception only): None (art-fid: own size) | 512 (StyleID's `Resize(512)`);
-    - `feature`: the standard Inception's layer (2048 = FID); `device`: where Inception runs.
+    - `feature`: the standard Inception's layer (2048 = FID); `device`: where Inception runs;
+    - `min_n`: the protocol's N (default 50; StyleID 800): below it the runner marks the value not
+      comparable (`comparable: false` in summary.json, flagged in the leaderboard).
 
     `compute()` gives the value; `details()` gives it with the set sizes, the Inception and the knobs.
     """
@@ -358,8 +364,9 @@ class FID(SetMetric):
 
     def __init__(self, weights: str = TORCH_FIDELITY, feature: int = 2048, device: str = "auto",
                  network: str = "auto", references: str = DISTINCT, resize: str = ANTIALIASED,
-                 short_side: int | None = None, **kwargs):
+                 short_side: int | None = None, min_n: int = MIN_N, **kwargs):
         super().__init__(**kwargs)
+        self.min_n = min_n
         if feature not in FEATURE_LAYERS:
             raise ValueError(f"feature must be one of {FEATURE_LAYERS}, got {feature}")
         for option, value, allowed in (("network", network, NETWORKS), ("references", references, REFERENCE_MODES),
@@ -447,7 +454,7 @@ class FID(SetMetric):
 
     def protocol(self) -> dict:
         """The knobs this value was computed with (stored in summary.json beside it)."""
-        knobs = {"references": self.references_mode}
+        knobs = {"references": self.references_mode, "min_n": self.min_n}
         if self.inception_kind in (ART, "random-art"):
             knobs["short_side"] = self.short_side
         else:
