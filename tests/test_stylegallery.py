@@ -156,6 +156,39 @@ def test_masked_tempered_style_target_is_upstreams(seed):
     assert not torch.allclose(ours[:, content.bool()], excluded[:, content.bool()], atol=1e-3)
 
 
+def test_circle_overlap_is_upstreams_position_term():
+    from semantix.diffusion.regions import circle_overlap
+
+    def upstream_circle(points):  # utils.py: minimum_enclosing_circle, rewritten
+        centre = np.mean(points, axis=0)
+        return centre, np.max(np.linalg.norm(points - centre, axis=1))
+
+    def upstream_iou(c1, r1, c2, r2):  # utils.py: circle_intersection_area + calculate_overlap_ratio, rewritten
+        d = np.linalg.norm(np.array(c1) - np.array(c2))
+        if d >= r1 + r2:
+            inter = 0.0
+        elif d <= abs(r1 - r2):
+            inter = np.pi * min(r1, r2) ** 2
+        else:
+            p1 = np.clip((d**2 + r1**2 - r2**2) / (2 * d * r1), -1.0, 1.0)
+            p2 = np.clip((d**2 + r2**2 - r1**2) / (2 * d * r2), -1.0, 1.0)
+            inter = r1**2 * np.arccos(p1) + r2**2 * np.arccos(p2) - 0.5 * np.sqrt(
+                (-d + r1 + r2) * (d + r1 - r2) * (d - r1 + r2) * (d + r1 + r2))
+        union = np.pi * r1**2 + np.pi * r2**2 - inter
+        return 0.0 if union == 0 else inter / union
+
+    rng = np.random.default_rng(0)
+    a = np.repeat(rng.integers(0, 4, (4, 16)), 4, axis=0)  # (16, 16), four labels
+    b = np.repeat(np.repeat(rng.integers(0, 3, (4, 4)), 4, axis=0), 4, axis=1)  # (16, 16), three labels
+    a, b = np.unique(a, return_inverse=True)[1].reshape(16, 16), np.unique(b, return_inverse=True)[1].reshape(16, 16)
+    ours = circle_overlap(a, b).numpy()
+    assert ours.shape == (a.max() + 1, b.max() + 1) and 0 < ours.max() <= 1
+    for i in range(a.max() + 1):
+        for j in range(b.max() + 1):
+            expected = upstream_iou(*upstream_circle(np.argwhere(a == i)), *upstream_circle(np.argwhere(b == j)))
+            assert abs(ours[i, j] - expected) < 1e-6
+
+
 def test_depth_span_split_as_upstream():
     labels = np.zeros((8, 8), dtype=np.int64)
     depth = np.full((8, 8), 0.05)
@@ -219,7 +252,7 @@ def test_matching_picks_the_right_region_across_two_references():
     ref0 = image(c, b, vertical=True)  # left: c, right: b
     ref1 = image(d, a, vertical=False)  # top: d, bottom: a (the wrong place for content's top region)
     regions = [ImageRegions(lab, 2, {}, 2, False) for _, lab in (content, ref0, ref1)]
-    matches = StyleGallery().match([None] * 3, [content[0], ref0[0], ref1[0]], regions)
+    matches = StyleGallery(position_term="mask").match([None] * 3, [content[0], ref0[0], ref1[0]], regions)
     assert [(m.content_region, m.reference, m.reference_region) for m in matches] == [(0, 1, 1), (1, 0, 1)]
     assert [m.global_region for m in matches] == [3, 1]  # ref0 has regions 0, 1; ref1 has 2, 3
     assert matches[0].position == 0.0 and math.isclose(matches[1].position, 1 / 3, rel_tol=1e-6)
@@ -326,7 +359,8 @@ def test_zero_steps_return_the_decoded_initial_latent(backbone, cache_dir, demo)
 def test_earlier_readings_still_run(backbone, cache_dir, demo):
     method = StyleGallery(**{**SMALL, "init_latent": "content", "style_target": "exclusive", "merge_features": "pca",
                              "feature_normalization": "location", "region_block": "up_blocks.3",
-                             "step_weighting": "linear", "depth_rule": "otsu", "semantic_features": "backbone"})
+                             "step_weighting": "linear", "depth_rule": "otsu", "semantic_features": "backbone",
+                             "position_term": "mask"})
     method.prepare(backbone, cache_dir)
     out = method(single(demo), torch.Generator().manual_seed(0))
     assert torch.isfinite(out.image).all() and out.diagnostics["loss_content"][0] == 0.0

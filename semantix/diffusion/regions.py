@@ -44,6 +44,8 @@ __all__ = [
     "cluster_distance",
     "cluster_regions",
     "compact_labels",
+    "circle_iou",
+    "circle_overlap",
     "cosine_similarity_matrix",
     "match_regions",
     "masked_style_target",
@@ -457,6 +459,52 @@ def positional_overlap(labels_a, labels_b) -> torch.Tensor:
     inter = ma @ mb.T
     union = ma.sum(1, keepdim=True) + mb.sum(1)[None] - inter
     return inter / union.clamp_min(1)
+
+
+def _enclosing_circles(labels: np.ndarray, scale: tuple[float, float]) -> list[tuple[np.ndarray, float]]:
+    """Per region: (centre = mean pixel coordinate, radius = distance to its farthest pixel), in
+    ``(row, col)`` coordinates multiplied by ``scale``."""
+    labels = np.asarray(labels)
+    circles = []
+    for value in range(int(labels.max()) + 1):
+        points = np.argwhere(labels == value).astype(np.float64) * np.asarray(scale)
+        if len(points) == 0:
+            circles.append((np.zeros(2), 0.0))
+            continue
+        centre = points.mean(axis=0)
+        circles.append((centre, float(np.linalg.norm(points - centre, axis=1).max())))
+    return circles
+
+
+def circle_iou(c1: np.ndarray, r1: float, c2: np.ndarray, r2: float) -> float:
+    """Intersection over union of two discs (the lens area formula; 0 when the union is empty)."""
+    d = float(np.linalg.norm(np.asarray(c1) - np.asarray(c2)))
+    if d >= r1 + r2:
+        inter = 0.0
+    elif d <= abs(r1 - r2):
+        inter = math.pi * min(r1, r2) ** 2
+    else:
+        a1 = np.clip((d * d + r1 * r1 - r2 * r2) / (2 * d * r1), -1.0, 1.0)
+        a2 = np.clip((d * d + r2 * r2 - r1 * r1) / (2 * d * r2), -1.0, 1.0)
+        inter = (r1 * r1 * math.acos(a1) + r2 * r2 * math.acos(a2)
+                 - 0.5 * math.sqrt(max((-d + r1 + r2) * (d + r1 - r2) * (d - r1 + r2) * (d + r1 + r2), 0.0)))
+    union = math.pi * r1 * r1 + math.pi * r2 * r2 - inter
+    return 0.0 if union == 0 else inter / union
+
+
+def circle_overlap(labels_a, labels_b) -> torch.Tensor:
+    """StyleGallery's positional term (public code, ``utils.py: minimum_enclosing_circle`` and
+    ``calculate_overlap_ratio``): the IoU of the discs around every pair of regions (centre: the
+    region's mean pixel; radius: its farthest pixel), ``labels_b``'s coordinates scaled to
+    ``labels_a``'s grid. ``(Ra, Rb)`` in ``[0, 1]``."""
+    a, b = np.asarray(labels_a), np.asarray(labels_b)
+    scale = (a.shape[0] / b.shape[0], a.shape[1] / b.shape[1])
+    circles_a, circles_b = _enclosing_circles(a, (1.0, 1.0)), _enclosing_circles(b, scale)
+    out = torch.zeros(len(circles_a), len(circles_b))
+    for i, (ca, ra) in enumerate(circles_a):
+        for j, (cb, rb) in enumerate(circles_b):
+            out[i, j] = circle_iou(ca, ra, cb, rb)
+    return out
 
 
 @dataclass

@@ -42,6 +42,7 @@ from semantix.diffusion.regions import (
     FEATURE_NORMALIZATIONS,
     STEP_WEIGHTINGS,
     RegionMatch,
+    circle_overlap,
     cluster_regions,
     cosine_similarity_matrix,
     masked_style_target,
@@ -72,6 +73,7 @@ INIT_LATENTS = ("inversion_standardised", "content")
 STYLE_TARGETS = ("masked", "exclusive")
 MERGE_FEATURES = ("image_latent", "pca")
 DEPTH_RULES = ("span", "otsu")
+POSITION_TERMS = ("circle", "mask")
 DINOV2_SIZE = 224  # [ours] DINOv2 input side (16 x 16 patches of 14 px)
 
 
@@ -125,6 +127,7 @@ class StyleGallery(Method):
         weight_statistics: float = 0.25,
         weight_semantic: float = 1.0,
         weight_position: float = 0.125,
+        position_term: str = "circle",
         semantic_features: str = "dinov2",
         dinov2_weights: str | None = "facebook/dinov2-base",
         # Stage 3: transfer
@@ -147,7 +150,8 @@ class StyleGallery(Method):
                                     ("merge_features", merge_features, MERGE_FEATURES),
                                     ("depth_rule", depth_rule, DEPTH_RULES),
                                     ("init_latent", init_latent, INIT_LATENTS),
-                                    ("style_target", style_target, STYLE_TARGETS)):
+                                    ("style_target", style_target, STYLE_TARGETS),
+                                    ("position_term", position_term, POSITION_TERMS)):
             if value not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
         if semantic_features == "dinov2" and not dinov2_weights:
@@ -172,6 +176,7 @@ class StyleGallery(Method):
         self.depth_merge_threshold = float(depth_merge_threshold)
         self.depth_merge_gap = float(depth_merge_gap)
         self.init_latent = init_latent
+        self.position_term = position_term
         self.style_target = style_target
         self.style_query_scale = float(style_query_scale)
         self.pca_components = pca_components
@@ -370,7 +375,8 @@ class StyleGallery(Method):
         return match_regions(
             statistics=[statistics_similarity(*stats[0], *stats[j]) for j in refs],
             semantic=[cosine_similarity_matrix(pooled[0], pooled[j]) for j in refs],
-            position=[positional_overlap(content.labels, regions[j].labels) for j in refs],
+            position=[(circle_overlap if self.position_term == "circle" else positional_overlap)(
+                content.labels, regions[j].labels) for j in refs],
             weights=self.match_weights,
         )
 
