@@ -189,6 +189,25 @@ def test_circle_overlap_is_upstreams_position_term():
             assert abs(ours[i, j] - expected) < 1e-6
 
 
+def test_dinov2_token_selection_as_upstream():
+    from semantix.diffusion.regions import pooled_region_features
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(7, 16, 16, generator=g)
+    labels = torch.randint(0, 3, (8, 8), generator=g).numpy()
+    labels[0, 0] = 3  # a region of one 64-grid... here 8-grid pixel
+    # Upstream (extract_semantic_features), rewritten: the mask nearest-upsampled to 512 px, 32x32
+    # blocks, tokens of blocks with more than 10 region pixels, their plain mean.
+    for region in range(4):
+        mask = torch.as_tensor(labels == region).float()[None, None]
+        big = F.interpolate(mask, size=(512, 512), mode="nearest")
+        counts = big.unfold(2, 32, 32).unfold(3, 32, 32).reshape(16, 16, -1).sum(-1)
+        keep = counts.flatten() > 10
+        expected = tokens.flatten(1)[:, keep].mean(1)
+        ours = pooled_region_features(tokens, labels, 4, min_coverage=10 / 1024)[region]
+        assert torch.allclose(ours, expected, atol=1e-5)
+
+
 def test_depth_span_split_as_upstream():
     labels = np.zeros((8, 8), dtype=np.int64)
     depth = np.full((8, 8), 0.05)

@@ -430,14 +430,22 @@ def statistics_similarity(mean_a, std_a, mean_b, std_b) -> torch.Tensor:
     return torch.exp(-(d_mean + d_std))
 
 
-def pooled_region_features(features: torch.Tensor, labels, num_regions: int | None = None) -> torch.Tensor:
-    """Area-weighted mean of ``(D, h', w')`` features over each region of a ``(h, w)`` label map.
+def pooled_region_features(features: torch.Tensor, labels, num_regions: int | None = None,
+                           min_coverage: float | None = None) -> torch.Tensor:
+    """Mean of ``(D, h', w')`` features over each region of a ``(h, w)`` label map.
 
-    The one-hot masks are resampled to the feature grid by area (``adaptive_avg_pool2d``), so each
-    feature location counts with the fraction of it that the region covers. Returns ``(R, D)``.
+    The one-hot masks are resampled to the feature grid by area (``adaptive_avg_pool2d``). Default:
+    each feature location counts with the fraction of it that the region covers (area weights).
+    ``min_coverage``: the plain mean of the locations the region covers by more than that fraction
+    (StyleGallery's public code keeps the DINOv2 tokens whose 32x32-pixel block at 512 px holds
+    more than 10 region pixels: ``10 / 1024``); a region that covers no location by that much falls
+    back to area weights. Returns ``(R, D)``.
     """
     masks = one_hot_regions(labels, num_regions).to(features.device)
     weights = F.adaptive_avg_pool2d(masks[None], features.shape[-2:])[0].flatten(1)  # (R, N')
+    if min_coverage is not None:
+        kept = (weights > min_coverage).float()
+        weights = torch.where(kept.sum(1, keepdim=True) > 0, kept, weights)
     pooled = weights @ features.float().flatten(1).T
     return pooled / weights.sum(1, keepdim=True).clamp_min(1e-12)
 

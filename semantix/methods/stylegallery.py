@@ -74,6 +74,8 @@ STYLE_TARGETS = ("masked", "exclusive")
 MERGE_FEATURES = ("image_latent", "pca")
 DEPTH_RULES = ("span", "otsu")
 POSITION_TERMS = ("circle", "mask")
+DINOV2_POOLINGS = ("upstream", "area")
+DINOV2_MIN_COVERAGE = 10 / 1024  # upstream: > 10 region pixels in a token's 32x32 block at 512 px
 DINOV2_SIZE = 224  # [ours] DINOv2 input side (16 x 16 patches of 14 px)
 
 
@@ -130,6 +132,7 @@ class StyleGallery(Method):
         position_term: str = "circle",
         semantic_features: str = "dinov2",
         dinov2_weights: str | None = "facebook/dinov2-base",
+        dinov2_pooling: str = "upstream",
         # Stage 3: transfer
         attention_layers: Sequence[str | int] = ("up_blocks.2", "up_blocks.3"),
         init_latent: str = "inversion_standardised",
@@ -151,7 +154,8 @@ class StyleGallery(Method):
                                     ("depth_rule", depth_rule, DEPTH_RULES),
                                     ("init_latent", init_latent, INIT_LATENTS),
                                     ("style_target", style_target, STYLE_TARGETS),
-                                    ("position_term", position_term, POSITION_TERMS)):
+                                    ("position_term", position_term, POSITION_TERMS),
+                                    ("dinov2_pooling", dinov2_pooling, DINOV2_POOLINGS)):
             if value not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
         if semantic_features == "dinov2" and not dinov2_weights:
@@ -177,6 +181,7 @@ class StyleGallery(Method):
         self.depth_merge_gap = float(depth_merge_gap)
         self.init_latent = init_latent
         self.position_term = position_term
+        self.dinov2_pooling = dinov2_pooling
         self.style_target = style_target
         self.style_query_scale = float(style_query_scale)
         self.pca_components = pca_components
@@ -368,7 +373,8 @@ class StyleGallery(Method):
         standardised = [(f - mean) / std for f in features]
         stats = [region_statistics(f, r.labels) for f, r in zip(standardised, regions, strict=True)]
         semantic_maps = [self._dinov2_tokens(image) for image in images] if self.dinov2 is not None else standardised
-        pooled = [pooled_region_features(m, r.labels, r.num_regions)
+        coverage = DINOV2_MIN_COVERAGE if self.dinov2 is not None and self.dinov2_pooling == "upstream" else None
+        pooled = [pooled_region_features(m, r.labels, r.num_regions, min_coverage=coverage)
                   for m, r in zip(semantic_maps, regions, strict=True)]
         content = regions[0]
         refs = range(1, len(images))
@@ -387,8 +393,18 @@ class StyleGallery(Method):
 
         model = self.dinov2
         device = next(model.parameters()).device
-        x = F.interpolate(image[None].float(), size=(DINOV2_SIZE, DINOV2_SIZE), mode="bicubic", align_corners=False,
-                          antialias=True).clamp(0, 1)
+        if self.dinov2_pooling == "upstream":
+            # As the authors' AutoImageProcessor (DINOv2): shortest side to 256, centre crop 224 (the
+            # token grid then covers the central 7/8 of the image, while the region masks are laid
+            # over the whole image: upstream's alignment, kept).
+            side = round(DINOV2_SIZE * 256 / 224)
+            x = F.interpolate(image[None].float(), size=(side, side), mode="bicubic", align_corners=False,
+                              antialias=True).clamp(0, 1)
+            off = (side - DINOV2_SIZE) // 2
+            x = x[..., off:off + DINOV2_SIZE, off:off + DINOV2_SIZE]
+        else:
+            x = F.interpolate(image[None].float(), size=(DINOV2_SIZE, DINOV2_SIZE), mode="bicubic",
+                              align_corners=False, antialias=True).clamp(0, 1)
         x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
         tokens = model(pixel_values=x.to(device)).last_hidden_state[0, 1:]
         side = DINOV2_SIZE // model.config.patch_size
