@@ -86,9 +86,11 @@ def paper_table(leaderboard: pd.DataFrame, table: PaperTable, published: pd.Data
             ns = [int(n) for n in ns if not _missing(n)]
             out["N"] = min(ns) if ns else None
             flags = [row.get(f"{name}_comparable") for name in table.set_metrics]
-            # random backbone weights, or a random-weight metric preset (`tiny`, `styleid_tiny`, ...)
+            # random backbone weights, a random-weight metric preset (`tiny`, `styleid_tiny`, ...), or
+            # an override such as metrics.fid.weights=random
             random_weights = (str(row.get("weights", "")).startswith("RANDOM")
-                              or str(row["metrics_preset"]).endswith("tiny"))
+                              or str(row["metrics_preset"]).endswith("tiny")
+                              or "weights=random" in str(row.get("overrides", "")))
             comparable = (bool(ns) and all(not _missing(f) and bool(f) for f in flags)
                           and out["N"] >= table.protocol_n and not random_weights)
             out["comparable"] = comparable

@@ -89,3 +89,16 @@ def test_cli_table_flag_and_the_shipped_published_file(limited_run, tmp_path, ca
     assert (tmp_path / "table_styleid.md").is_file()
     shipped = read_published(TABLES["styleid"].published_path())  # results/published/styleid.csv: layout only
     assert list(shipped.columns) == ["method", "ArtFID ↓", "FID ↓", "LPIPS ↓", "CFSD ↓", "source"]
+
+
+def test_a_complete_real_weight_row_is_comparable_and_random_overrides_are_not():
+    base = {"method": "m", "metrics_preset": "styleid", "dataset": "coco_wikiart_styleid", "weights": "sd15",
+            "overrides": "", "partial": False, "n_ok": 800, "n_manifest": 800, "artfid_set": 28.8, "fid_set": 18.1,
+            "lpips_mean": 0.5, "cfsd_mean": 0.2, "artfid_n": 800, "fid_n": 800, "artfid_comparable": True,
+            "fid_comparable": True}
+    random = {**base, "method": "r", "overrides": "metrics.fid.weights=random"}
+    other_preset = {**base, "method": "o", "metrics_preset": "appearance"}
+    frame = paper_table(pd.DataFrame([base, random, other_preset]), TABLES["styleid"])
+    assert list(frame["method"]) == ["m", "r"]
+    assert list(frame["comparable"]) == [True, False]
+    assert "RANDOM weights" in frame.iloc[1]["note"]
