@@ -208,6 +208,33 @@ def test_dinov2_token_selection_as_upstream():
         assert torch.allclose(ours, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_small_region_clean_up_as_upstream(seed):
+    from scipy import ndimage
+
+    from semantix.diffusion.regions import compact_labels, remove_small_regions_once
+
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.repeat(rng.integers(0, 4, (6, 6)), 3, axis=0), 3, axis=1)  # 18x18, 9-pixel blocks
+    labels[rng.integers(0, 18, 8), rng.integers(0, 18, 8)] = 4  # single pixels
+    # Upstream (utils.py: remove_small_regions), rewritten with scipy for cv2: 4-connected components
+    # of each label, the cross-dilation ring, neighbour labels from the input map, most common wins.
+    cleaned = labels.copy()
+    for u in np.unique(labels):
+        comps, n = ndimage.label(labels == u)
+        for i in range(1, n + 1):
+            comp = comps == i
+            if comp.sum() >= 20:
+                continue
+            ring = ndimage.binary_dilation(comp, structure=np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])) & ~comp
+            vals = labels[ring]
+            vals = vals[vals != u]
+            if vals.size:
+                v, c = np.unique(vals, return_counts=True)
+                cleaned[comp] = v[c.argmax()]
+    assert np.array_equal(remove_small_regions_once(labels, 20), compact_labels(cleaned))
+
+
 def test_depth_span_split_as_upstream():
     labels = np.zeros((8, 8), dtype=np.int64)
     depth = np.full((8, 8), 0.05)
@@ -379,7 +406,8 @@ def test_earlier_readings_still_run(backbone, cache_dir, demo):
     method = StyleGallery(**{**SMALL, "init_latent": "content", "style_target": "exclusive", "merge_features": "pca",
                              "feature_normalization": "location", "region_block": "up_blocks.3",
                              "step_weighting": "linear", "depth_rule": "otsu", "semantic_features": "backbone",
-                             "position_term": "mask"})
+                             "position_term": "mask", "dinov2_pooling": "area",
+                             "small_region_rule": "until_stable"})
     method.prepare(backbone, cache_dir)
     out = method(single(demo), torch.Generator().manual_seed(0))
     assert torch.isfinite(out.image).all() and out.diagnostics["loss_content"][0] == 0.0

@@ -58,6 +58,7 @@ __all__ = [
     "region_statistics",
     "regional_attention",
     "remove_small_regions",
+    "remove_small_regions_once",
     "split_regions_by_depth",
     "split_regions_by_depth_span",
     "standardise_per_pixel",
@@ -356,6 +357,36 @@ def remove_small_regions(labels: np.ndarray, min_pixels: int = 20) -> np.ndarray
         if not changed:
             break
     return compact_labels(labels)
+
+
+def remove_small_regions_once(labels: np.ndarray, min_pixels: int = 20) -> np.ndarray:
+    """StyleGallery's clean-up (public code, ``utils.py: remove_small_regions``), one pass.
+
+    For every label of the input and each of its 4-connected fragments under ``min_pixels``: the
+    ring of pixels that a one-step cross dilation adds (counted once each), labels from the *input*
+    map other than the fragment's own, the most common one (ties: the smallest) replaces the
+    fragment in the output. A fragment with no other label around it stays. Returns compact labels.
+    """
+    from scipy import ndimage
+
+    labels = np.asarray(labels).astype(np.int64)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be (h, w), got shape {labels.shape}")
+    cleaned = labels.copy()
+    for value in np.unique(labels):
+        components, count = ndimage.label(labels == value)
+        for c in range(1, count + 1):
+            component = components == c
+            if component.sum() >= min_pixels:
+                continue
+            ring = ndimage.binary_dilation(component) & ~component
+            around = labels[ring]
+            around = around[around != value]
+            if around.size == 0:
+                continue
+            values, counts = np.unique(around, return_counts=True)
+            cleaned[component] = values[counts.argmax()]
+    return compact_labels(cleaned)
 
 
 def _otsu_split(values: np.ndarray) -> tuple[float, float, float]:

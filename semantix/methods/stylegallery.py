@@ -55,6 +55,7 @@ from semantix.diffusion.regions import (
     region_statistics,
     regional_attention,
     remove_small_regions,
+    remove_small_regions_once,
     split_regions_by_depth,
     split_regions_by_depth_span,
     standardise_per_pixel,
@@ -75,6 +76,7 @@ MERGE_FEATURES = ("image_latent", "pca")
 DEPTH_RULES = ("span", "otsu")
 POSITION_TERMS = ("circle", "mask")
 DINOV2_POOLINGS = ("upstream", "area")
+SMALL_REGION_RULES = ("once", "until_stable")
 DINOV2_MIN_COVERAGE = 10 / 1024  # upstream: > 10 region pixels in a token's 32x32 block at 512 px
 DINOV2_SIZE = 224  # [ours] DINOv2 input side (16 x 16 patches of 14 px)
 
@@ -118,6 +120,7 @@ class StyleGallery(Method):
         merge_features: str = "image_latent",
         merge_threshold: float = 0.85,
         min_region_pixels: int = 20,
+        small_region_rule: str = "once",
         depth_split: bool = True,
         depth_model: str | None = "depth-anything/Depth-Anything-V2-Large-hf",
         depth_rule: str = "span",
@@ -155,7 +158,8 @@ class StyleGallery(Method):
                                     ("init_latent", init_latent, INIT_LATENTS),
                                     ("style_target", style_target, STYLE_TARGETS),
                                     ("position_term", position_term, POSITION_TERMS),
-                                    ("dinov2_pooling", dinov2_pooling, DINOV2_POOLINGS)):
+                                    ("dinov2_pooling", dinov2_pooling, DINOV2_POOLINGS),
+                                    ("small_region_rule", small_region_rule, SMALL_REGION_RULES)):
             if value not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
         if semantic_features == "dinov2" and not dinov2_weights:
@@ -182,6 +186,7 @@ class StyleGallery(Method):
         self.init_latent = init_latent
         self.position_term = position_term
         self.dinov2_pooling = dinov2_pooling
+        self.small_region_rule = small_region_rule
         self.style_target = style_target
         self.style_query_scale = float(style_query_scale)
         self.pca_components = pca_components
@@ -348,7 +353,8 @@ class StyleGallery(Method):
                                                  depth=depth, depth_threshold=self.depth_merge_gap)
             else:
                 labels = split_regions_by_depth(labels, depth, self.depth_split_gap)
-        labels = remove_small_regions(labels, self.min_region_pixels)
+        clean = remove_small_regions_once if self.small_region_rule == "once" else remove_small_regions
+        labels = clean(labels, self.min_region_pixels)
         return ImageRegions(labels, clustering.k, clustering.silhouette, num_merged, self.depth is not None)
 
     def _depth_map(self, image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
