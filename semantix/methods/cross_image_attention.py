@@ -16,7 +16,8 @@ steps 10, 15, ..., 35 from the structure image instead. The output's cross-image
 contrasted with strength 1.67. Swap guidance: the UNet runs with and without the swap and
 eps = eps_noswap + s (eps_swap - eps_noswap), s decaying linearly over the steps from 3.5 to
 max(3.5 / 2, 1). AdaIN of the output latent to the appearance latent after every step from step
-20 on (masked to the foregrounds when masks exist).
+20 on, masked to the foregrounds that self-segmentation of the attention finds at step 20 (the
+authors' code; ``masks: self``), or to the dataset's masks (``masks: manifest``), or unmasked.
 """
 
 from __future__ import annotations

@@ -1,24 +1,23 @@
-"""StyleGallery-style region matching: semantic regions, cross-image region matching, regional
-attention distillation.
+"""StyleGallery: semantic regions, cross-image region matching, regional attention distillation.
 
-He, Ye, Liu, Wu, Liu, Cai, "StyleGallery", CVPR 2026 (arXiv 2603.10354). Written from the facts in
-docs/baselines.md (section "StyleGallery-style region matching"), which are what we follow;
-the loss is the one of Attention Distillation (Zhou et al., "Attention Distillation: A Unified
-Approach to Visual Characteristics Transfer", CVPR 2025), whose public code (xugao97/
-AttentionDistillation) was read to understand the optimisation loop, not copied. Defaults in
-conf/method/stylegallery.yaml; our readings are listed in docs/baselines.md.
+He, Ye, Liu, Wu, Liu, Cai, "StyleGallery", CVPR 2026 (arXiv 2603.10354), as the authors' public code
+(iiiiiiiword/StyleGallery: pipeline.py, utils.py, demo.py) runs it; that code was read, not
+copied. docs/baselines.md has a row per element (upstream function, our key, match or deliberate
+difference); every element is a key of conf/method/stylegallery.yaml whose default is upstream's
+behaviour, our earlier readings being the other values.
 
-Settings followed ([spec]): an empty prompt; DDIM inversion of each image over 15 steps, capturing
-the output of the decoder block at 64x64 for SD1.5 (``up_blocks.3``); step features averaged with
-weights growing towards the less noisy steps; PCA to 60 components; K-means for k = 2..10, k by
-silhouette score; clusters merged when their mean distance is below 0.85; regions under 20 pixels
-relabelled to their most common neighbour; optional depth-guided splitting (off). Region matching
-over all reference images by 0.25 x feature-statistics similarity + 1.0 x semantic similarity of
-pooled features (backbone features, or DINOv2 when configured) + 0.125 x positional overlap.
-Transfer: Adam (lr 0.05, 150 steps) on the output latent, initialised from the content latent,
-minimising the L1 distance between the output's self-attention outputs and those recomputed with
-the keys/values of the matched reference regions (self-attention layers of up_blocks 2 and 3) plus
-0.26 x the L1 distance between the output's and the content's self-attention queries; decode.
+Upstream's pipeline: DDIM inversion of each image over 15 steps (empty prompt), the output of
+``up_blocks.2`` averaged over the steps with sigmoid weights favouring the less noisy ones;
+per-channel standardisation, PCA to 60 components, K-means for k = 2..10 by silhouette; clusters
+merged when their mean 4-channel image latents are closer than 0.85; depth split (Depth Anything
+V2) of regions spanning a wide depth range, then a depth-locked re-merge; fragments under 20
+pixels take their most common neighbour. Matching over all reference images: 0.25 x statistics
+similarity + 1.0 x DINOv2 similarity + 0.125 x the IoU of the regions' enclosing discs. Transfer:
+Adam (lr 0.05, 150 steps, one per timestep of a 150-step schedule) on a latent initialised from the
+content's last inversion latent standardised per pixel; per content region, L1 between the
+output's self-attention output (up_blocks 2 and 3) and the target with queries x 1.5 and
+out-of-region queries/keys/values zeroed (kept in the softmax); plus 0.26 x the L1 between the
+output's and the content's queries; decode.
 """
 
 from __future__ import annotations
