@@ -2,7 +2,8 @@
 
 For each backbone (the tiny one at 64 px; `sd15_random`, SD1.5's architecture with random weights, at
 a size a CPU allows), on one demo pair, in one process, repetitions interleaved (the CPU is shared:
-medians and minima are both kept, with the load average before and after):
+medians and minima of wall seconds and of this process's CPU seconds are kept, with the load average
+before and after; with one torch thread the CPU seconds measure the work whatever else runs):
   - seconds per plain DDPM step with batched CFG (`benchmarks.sampler.plain_cfg_sampling`);
   - seconds per Semantix guided step (`Semantix.sample` on warm inversions) with the three per-term
     gradients from separate backward passes (`batched_gradients: false`) and from one batched pass
@@ -13,17 +14,19 @@ medians and minima are both kept, with the load average before and after):
     zero-guidance reconstruction error (sampling without guidance or AdaIN from the context's
     inversion, against its latent).
 
-    OMP_NUM_THREADS=2 python -m benchmarks.gradients            # writes results/benchmarks/semantix-gradients-cpu.json
-    python -m benchmarks.gradients --sd15-resolution 128 --sd15-steps 4 --repeats 3
+    OMP_NUM_THREADS=1 python -m benchmarks.gradients --threads 1   # results/benchmarks/semantix-gradients-cpu.json
+    python -m benchmarks.gradients --threads 1 --backbones sd15_random --sd15-resolution 256 --sd15-steps 2 --append
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import statistics
 import tempfile
+import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -31,7 +34,7 @@ import torch
 
 import semantix.diffusion.energy as energy
 import semantix.methods.semantix as semantix_module
-from benchmarks.sampler import Phase, plain_cfg_sampling
+from benchmarks.sampler import plain_cfg_sampling
 from semantix import provenance
 from semantix.backbones.tiny import build_sd15_random, build_tiny
 from semantix.data import demo_manifest_path
@@ -51,8 +54,30 @@ def always_batched():
         semantix_module.clamped_energy_gradient = original
 
 
-def _summary(seconds: list[float], per: int) -> dict:
-    return {"median": statistics.median(seconds) / per, "min": min(seconds) / per, "all": [s / per for s in seconds]}
+class Clock:
+    """Wall seconds and this process's CPU seconds of a block. On a shared CPU with one torch thread the
+    CPU seconds are the work done, whatever else runs; wall seconds are what a user waits."""
+
+    def __enter__(self):
+        self.start = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.start[0], time.process_time() - self.start[1]
+
+
+def _summary(clocks: list[Clock], per: int) -> dict:
+    """Per-step (per `per`) median and minimum of each clock over the repetitions."""
+    out = {}
+    for kind in ("cpu", "wall"):
+        values = [getattr(c, kind) / per for c in clocks]
+        out[kind] = {"median": statistics.median(values), "min": min(values), "all": values}
+    return out
+
+
+def _ratio(a: dict, b: dict) -> dict:
+    """a / b for each clock and statistic."""
+    return {kind: {s: a[kind][s] / b[kind][s] for s in ("median", "min")} for kind in ("cpu", "wall")}
 
 
 def bench_backbone(backbone, steps: int, repeats: int) -> dict:
@@ -82,24 +107,26 @@ def bench_backbone(backbone, steps: int, repeats: int) -> dict:
     fallback_reason = energy._batched_unavailable
     methods["separate"].sample([context], [[reference]], cond)
 
-    plain, guided, inversion = [], {k: [] for k in methods}, {k: [] for k in inverters}
+    plain, guided, inversion, encode = [], {k: [] for k in methods}, {k: [] for k in inverters}, []
     inversions = {}
     for repeat in range(repeats):
-        with Phase(backbone.device) as p:
+        with Clock() as c:
             plain_cfg_sampling(methods["separate"], cond, torch.Generator().manual_seed(repeat))
-        plain.append(p.seconds)
+        plain.append(c)
         for name, m in methods.items():
-            with always_batched() if name == "batched" else nullcontext():
-                with Phase(backbone.device) as p:
-                    m.sample([context], [[reference]], cond)
-            guided[name].append(p.seconds)
+            with always_batched() if name == "batched" else nullcontext(), Clock() as c:
+                m.sample([context], [[reference]], cond)
+            guided[name].append(c)
         for name, m in inverters.items():
-            with Phase(backbone.device) as p:
+            with Clock() as c:
                 inversions[name] = invert_pair(m, 1)
-            inversion[name].append(p.seconds)
-        print(f"{backbone.name} repeat {repeat + 1}/{repeats}: plain {plain[-1] / steps:.3f} s/step, guided "
-              + ", ".join(f"{k} {v[-1] / steps:.3f}" for k, v in guided.items()) + " s/step, inversion pair "
-              + ", ".join(f"{k} {v[-1]:.2f}" for k, v in inversion.items()) + " s", flush=True)
+            inversion[name].append(c)
+        with Clock() as c:  # the VAE encodings inside each inversion pair: not what the option changes
+            inverters["separate"]._encode(sample.content), inverters["separate"]._encode(sample.reference)
+        encode.append(c)
+        print(f"{backbone.name} repeat {repeat + 1}/{repeats} (CPU s): plain {plain[-1].cpu / steps:.3f}/step, "
+              "guided " + ", ".join(f"{k} {v[-1].cpu / steps:.3f}" for k, v in guided.items()) + "/step, "
+              "inversion pair " + ", ".join(f"{k} {v[-1].cpu:.2f}" for k, v in inversion.items()), flush=True)
 
     # Zero guidance, no AdaIN: the output retraces the context's inversion (separate passes in the sampler).
     unguided = method(gamma_ref=0.0, gamma_c=0.0, gamma_reg=0.0, adain_start_step=None)
@@ -118,6 +145,9 @@ def bench_backbone(backbone, steps: int, repeats: int) -> dict:
     plain_step = _summary(plain, steps)
     guided_step = {k: _summary(v, steps) for k, v in guided.items()}
     inversion_pair = {k: _summary(v, 1) for k, v in inversion.items()}
+    encode_pair = _summary(encode, 1)
+    unet_part = {k: {kind: {s: v[kind][s] - encode_pair[kind][s] for s in ("median", "min")}
+                     for kind in ("cpu", "wall")} for k, v in inversion_pair.items()}
     return {
         "backbone": backbone.name,
         "weights": backbone.provenance.get("weights"),
@@ -128,17 +158,16 @@ def bench_backbone(backbone, steps: int, repeats: int) -> dict:
         "repeats": repeats,
         "seconds_per_plain_cfg_step": plain_step,
         "seconds_per_guided_step": guided_step,
-        "guided_step_over_plain_step": {k: {s: v[s] / plain_step[s] for s in ("median", "min")}
-                                        for k, v in guided_step.items()},
-        "batched_gradients_speedup_over_separate": {
-            s: guided_step["separate"][s] / guided_step["batched"][s] for s in ("median", "min")},
+        "guided_step_over_plain_step": {k: _ratio(v, plain_step) for k, v in guided_step.items()},
+        "batched_gradients_speedup_over_separate": _ratio(guided_step["separate"], guided_step["batched"]),
         "default_config_batched_fallback": fallback_reason,
         "inversion": {
             "seconds_per_pair": inversion_pair,
-            "seconds_per_inversion_step": {k: {s: v[s] / (2 * steps) for s in ("median", "min")}
-                                           for k, v in inversion_pair.items()},
-            "batched_speedup_over_separate": {
-                s: inversion_pair["separate"][s] / inversion_pair["batched"][s] for s in ("median", "min")},
+            "seconds_vae_encode_pair": encode_pair,
+            "seconds_per_inversion_step": {k: _summary(v, 2 * steps) for k, v in inversion.items()},
+            "batched_speedup_over_separate": _ratio(inversion_pair["separate"], inversion_pair["batched"]),
+            # The pair's time less its two VAE encodings: the UNet passes, which the option batches.
+            "batched_speedup_over_separate_without_vae_encode": _ratio(unet_part["separate"], unet_part["batched"]),
             "zero_guidance_reconstruction_error": reconstruction,
             "last_step_features_relative_max_difference": difference,
         },
@@ -154,6 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS or torch's)")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks/semantix-gradients-cpu.json"))
+    parser.add_argument("--append", action="store_true",
+                        help="add this run's results to those already in --out (each result names its own run)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -169,12 +200,18 @@ def main(argv: list[str] | None = None) -> dict:
         "results": [],
         "complete": False,
     }
+    if args.append and args.out.exists():
+        report["results"] = json.loads(args.out.read_text())["results"]
     builds = {"tiny": (build_tiny, args.tiny_steps),
               "sd15_random": (lambda: build_sd15_random(resolution=args.sd15_resolution, device="cpu"),
                               args.sd15_steps)}
     for name in args.backbones:
         build, steps = builds[name]
-        report["results"].append(bench_backbone(build(), steps, args.repeats))
+        load_before = os.getloadavg()
+        result = bench_backbone(build(), steps, args.repeats)
+        result["run"] = {"time": report["time"], "git": report["git"], "threads": report["threads"],
+                         "load_average_before": load_before, "load_average_after": os.getloadavg()}
+        report["results"].append(result)
         atomic_write_json(args.out, report)
     report["load_average_after"] = os.getloadavg()
     report["complete"] = True
