@@ -39,8 +39,8 @@ from semantix import provenance
 from semantix.backbones.tiny import build_sd15_random, build_tiny
 from semantix.data import demo_manifest_path
 from semantix.data.manifest import Manifest
+from semantix.io import atomic_write_json
 from semantix.methods.semantix import Semantix
-from semantix.store import atomic_write_json
 
 
 @contextmanager

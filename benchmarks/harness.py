@@ -44,9 +44,9 @@ from omegaconf import DictConfig, open_dict
 
 from semantix import provenance
 from semantix.backbones import build_tiny
+from semantix.io import atomic_write_json
 from semantix.leaderboard import write_leaderboard
 from semantix.runner import RunLabels, Runner, sample_seed
-from semantix.store import atomic_write_json
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 TARGETS = {"whole_job_over_bare_methods_max": 1.5}

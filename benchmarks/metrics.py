@@ -42,8 +42,8 @@ from pathlib import Path
 import torch
 
 from semantix import provenance
+from semantix.io import atomic_write_json
 from semantix.registry import METRICS
-from semantix.store import atomic_write_json
 from semantix.types import Sample
 
 # The image_style metric preset of the leaderboard.

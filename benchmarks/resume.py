@@ -43,9 +43,10 @@ from PIL import Image
 
 from semantix import provenance
 from semantix.data.manifest import write_manifest
+from semantix.io import atomic_write_json
 from semantix.leaderboard import write_leaderboard
 from semantix.runner import RunLabels, Runner, sample_seed
-from semantix.store import RunStore, atomic_write_json, safe_filename
+from semantix.store import RunStore, safe_filename
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 TARGET_S = 5.0  # "a few seconds" for a finished 1000-sample run

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from semantix import provenance
-from semantix.store import atomic_write_bytes, atomic_write_json
+from semantix.io import atomic_write_bytes, atomic_write_json
 
 PARTS = ("sampler", "metrics", "harness")
 N_PAIRS = 1000

@@ -46,9 +46,9 @@ from semantix.backbones.tiny import build_sd15_random, build_tiny
 from semantix.data import demo_manifest_path
 from semantix.data.manifest import Manifest
 from semantix.diffusion import DDPMStepper, UNetEpsFn, cosine_correspondence
+from semantix.io import atomic_write_json
 from semantix.methods.semantix import Semantix
 from semantix.registry import METHODS as REGISTRY
-from semantix.store import atomic_write_json
 
 CONF_METHOD = Path(__file__).resolve().parents[1] / "conf" / "method"
 # The diffusion methods of the comparison, at their papers' settings.

@@ -36,8 +36,8 @@ from omegaconf import OmegaConf
 from semantix import provenance
 from semantix.backbones.tiny import build_animatediff_random, build_tiny_video
 from semantix.data.dataset import demo_video_dataset
+from semantix.io import atomic_write_json
 from semantix.methods.semantix import Semantix
-from semantix.store import atomic_write_json
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 TARGETS = {"h100_16_frames_512px_peak_gib_max": 40.0}

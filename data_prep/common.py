@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from data_prep.decode import BadItem
 from semantix.data import sha256_file, write_manifest
-from semantix.store import atomic_write_bytes
+from semantix.io import atomic_write_bytes
 
 __all__ = [
     "JOURNAL_NAME",

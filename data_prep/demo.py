@@ -39,7 +39,7 @@ import skimage.data
 from PIL import Image, features
 
 from semantix.data import DEMO_DIR, Manifest, resize_center_crop, write_manifest
-from semantix.store import atomic_write_bytes
+from semantix.io import atomic_write_bytes
 
 SEED = 20240611
 SIZE = 256

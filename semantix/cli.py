@@ -58,7 +58,7 @@ class ResultsDirCheck(Callback):
 
     @staticmethod
     def _check(config: DictConfig) -> None:
-        from semantix.store import ResultsNotWritable, check_writable_directory
+        from semantix.io import ResultsNotWritable, check_writable_directory
 
         try:
             check_writable_directory(Path(config.paths.results_dir))
@@ -148,7 +148,7 @@ def leaderboard(argv: list[str] | None = None) -> None:
 
 def write_paper_table(leaderboard_table, name: str, out_dir: Path, published: Path | None = None) -> str:
     """`semantix-leaderboard --table NAME`: table_<name>.csv and .md beside the leaderboard; returns the Markdown."""
-    from semantix.store import atomic_write_bytes
+    from semantix.io import atomic_write_bytes
     from semantix.tables import paper_table, read_published, to_markdown
 
     spec = TABLES[name]

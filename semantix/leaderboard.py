@@ -35,7 +35,7 @@ import pandas as pd
 from scipy import stats
 
 from semantix import diagnostics
-from semantix.store import atomic_write_bytes
+from semantix.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

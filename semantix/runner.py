@@ -42,17 +42,16 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from semantix import diagnostics, provenance
-from semantix.leaderboard import merged_metric_info, read_invocations
-from semantix.methods.base import Method
-from semantix.store import (
+from semantix.io import (
     ResultsNotWritable,
-    RunStore,
-    StoredFileError,
     check_writable_directory,
     quantize,
     remove_stale_temporaries,
     stable_hash,
 )
+from semantix.leaderboard import merged_metric_info, read_invocations
+from semantix.methods.base import Method
+from semantix.store import RunStore, StoredFileError
 from semantix.types import MethodOutput, Sample
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from semantix.cli import leaderboard as leaderboard_cli
+from semantix.io import atomic_write_json
 from semantix.leaderboard import build_table, mean_ci, write_leaderboard
-from semantix.store import atomic_write_json
 
 # Student-t quantile t_{0.975, 3} from statistical tables.
 T_975_DF3 = 3.182446305284263

@@ -21,20 +21,14 @@ import torch
 from conftest import REPO, compose, run_cli, write_png
 from harness import comparable, manifest_overrides, run_job
 
+from semantix import io as io_module
 from semantix import store as store_module
 from semantix.data.manifest import Manifest, write_manifest
 from semantix.diffusion import cache as cache_module
 from semantix.diffusion.cache import TensorCache
+from semantix.io import ResultsNotWritable, remove_stale_temporaries, temporary_path
 from semantix.leaderboard import build_table, to_markdown
-from semantix.store import (
-    ResultsNotWritable,
-    RunStore,
-    StoredFileError,
-    legacy_filename,
-    remove_stale_temporaries,
-    safe_filename,
-    temporary_path,
-)
+from semantix.store import RunStore, StoredFileError, legacy_filename, safe_filename
 
 IDS = ["content_0__style_0", "content_1__style_1", "content_2__style_0", "content_0__multi"]
 
@@ -407,7 +401,7 @@ def _dead_pid() -> int:
 def test_temporary_files_of_killed_writes_are_removed_at_the_next_start(small_dataset, tmp_path):
     overrides = [*manifest_overrides(small_dataset), "method=identity", f"paths.cache_dir={tmp_path / 'cache'}"]
     run_dir = run_job(overrides, tmp_path / "r").runs[0].run_dir
-    machine = store_module._MACHINE
+    machine = io_module._MACHINE
     dead = _dead_pid()
     images = run_dir / "images"
     cache_folder = tmp_path / "cache" / "inversion" / "ab"
@@ -426,7 +420,7 @@ def test_temporary_files_of_killed_writes_are_removed_at_the_next_start(small_da
         # not ours: never touched
         images / ".notes.tmp": True,
     }
-    old = time.time() - 2 * store_module.STALE_TEMPORARY_AGE_S
+    old = time.time() - 2 * io_module.STALE_TEMPORARY_AGE_S
     for path, _ in planted.items():
         path.write_bytes(b"\0" * 1000)
     for path in (run_dir / "records" / f".z.json.otherhost_12345678-77.{'e' * 16}.tmp",
@@ -443,7 +437,7 @@ def test_sigkill_inside_a_write_leaves_a_temporary_file_that_the_next_start_remo
     code = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from semantix.store import temporary_path\n"
+        "from semantix.io import temporary_path\n"
         f"target = Path({str(target)!r}); target.parent.mkdir(parents=True)\n"
         "with open(temporary_path(target), 'wb') as f:\n"
         "    f.write(b'x' * 100000); f.flush()\n"

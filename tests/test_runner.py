@@ -139,8 +139,8 @@ def test_set_metric_scored_once_per_run_and_reported(small_dataset, tmp_path):
     import pandas as pd
 
     from semantix.data.images import open_image, to_tensor
+    from semantix.io import load_png
     from semantix.leaderboard import write_leaderboard
-    from semantix.store import load_png
 
     gap = "+metrics.brightness_gap={_target_: plugins_for_tests.MeanBrightnessGap}"
     overrides = [*manifest_overrides(small_dataset), "method=reinhard", gap]

@@ -19,8 +19,8 @@ from sklearn.metrics import adjusted_rand_score
 from semantix.diffusion.regions import (
     cluster_distance,
     cluster_regions,
-    match_regions,
     masked_style_target,
+    match_regions,
     merge_close_clusters,
     merge_clusters_pairwise,
     positional_overlap,

@@ -16,7 +16,8 @@ from semantix.data import DEMO_DIR, Manifest, demo_video_manifest_path, open_ima
 from semantix.data.dataset import demo_video_dataset
 from semantix.data.manifest import write_manifest
 from semantix.data.video import read_video_frames, write_gif, write_mp4
-from semantix.store import RunStore, clip_sha256, quantize, safe_filename
+from semantix.io import clip_sha256, quantize
+from semantix.store import RunStore, safe_filename
 from semantix.types import SampleError
 
 # ---------------------------------------------------------------------------------------------

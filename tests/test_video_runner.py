@@ -12,8 +12,9 @@ from conftest import write_png
 from harness import manifest_overrides, run_job
 
 from semantix.data.manifest import write_manifest
+from semantix.io import load_png
 from semantix.metrics.structure import GreySSIM
-from semantix.store import RunStore, load_png
+from semantix.store import RunStore
 
 FAST_METRICS = ["metrics=demo"]
 

@@ -28,7 +28,7 @@ from semantix.backbones.base import (
     resolve_device,
     resolve_dtype,
 )
-from semantix.store import atomic_write_bytes
+from semantix.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ import pandas as pd
 import torch
 
 from semantix.data.images import open_image, open_mask, sha256_file, to_tensor
-from semantix.store import atomic_write_bytes, clip_sha256
+from semantix.io import atomic_write_bytes, clip_sha256
 from semantix.types import ManifestError, Sample, SampleError, reference_keys
 
 __all__ = [
@@ -172,7 +172,7 @@ class Manifest:
         each is then resized like every image; `Sample.frames` is the (F, 3, R, R) stack, in
         order. ``content`` is loaded from its own column as for an image sample (data_prep writes
         the first frame there). ``input_sha256["frames"]`` is one hash for the ordered clip:
-        `semantix.store.clip_sha256` of the frames' sha256s.
+        `semantix.io.clip_sha256` of the frames' sha256s.
 
         Raises `SampleError` for any problem with this row's files and KeyError for an unknown
         sample id.

@@ -14,7 +14,7 @@ files written here are for people to watch: the harness stores and scores the lo
   in hundredths of a second, so a frame lasts round(100 / fps) / 100 s. Pillow merges identical
   consecutive frames into one longer frame: a still video has fewer GIF frames than video frames.
 
-Both writers encode in memory and write with `semantix.store.atomic_write_bytes` (a temporary file
+Both writers encode in memory and write with `semantix.io.atomic_write_bytes` (a temporary file
 in the target folder, then `os.replace`), so a reader never sees half a file.
 """
 
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from semantix.store import atomic_write_bytes, to_uint8
+from semantix.io import atomic_write_bytes, to_uint8
 
 __all__ = ["check_frames", "read_video_frames", "write_gif", "write_mp4"]
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from semantix.store import atomic_write_bytes, atomic_write_json, remove_stale_temporaries, stable_hash
+from semantix.io import atomic_write_bytes, atomic_write_json, remove_stale_temporaries, stable_hash
 
 log = logging.getLogger(__name__)
 

@@ -638,7 +638,6 @@ def masked_style_target(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads
     ``1 / sqrt(head_dim)`` scaling. ``q``: ``(B, N, C)``; ``k``, ``v``: ``(B, M, C)``; masks
     ``(N,)``/``(M,)`` (0/1 or bool). Returns ``(B, N, C)``."""
     b, n, c = q.shape
-    m = k.shape[1]
     qm = q * query_mask.to(q.dtype).to(q.device)[None, :, None] * query_scale
     km = k * key_mask.to(k.dtype).to(k.device)[None, :, None]
     vm = v * key_mask.to(v.dtype).to(v.device)[None, :, None]

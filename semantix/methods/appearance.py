@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from semantix.diffusion import DDPMStepper, Inversion, UNetEpsFn, invert
 from semantix.diffusion.attention import self_attention_layers
 from semantix.diffusion.cache import TensorCache
+from semantix.io import stable_hash
 from semantix.methods.base import Method
-from semantix.store import stable_hash
 from semantix.types import Sample, SampleError
 
 OUTPUT, APPEARANCE, STRUCTURE = 0, 1, 2

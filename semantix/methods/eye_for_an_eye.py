@@ -38,7 +38,6 @@ from semantix.methods.appearance import (
 )
 from semantix.types import MethodOutput, Sample
 
-
 STATS_WITHOUT_MASKS = ("adain", "none")
 
 

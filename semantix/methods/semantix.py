@@ -55,8 +55,8 @@ from semantix.diffusion import (
 from semantix.diffusion.cache import TensorCache, resolve_feature_dtype
 from semantix.diffusion.matching import PE_FORMS
 from semantix.diffusion.windows import frame_windows, in_windows
+from semantix.io import stable_hash
 from semantix.methods.base import Method
-from semantix.store import stable_hash
 from semantix.types import MethodOutput, Sample
 
 GUIDANCE_FORMS = ("eps", "latent")

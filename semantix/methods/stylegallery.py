@@ -560,7 +560,12 @@ def _load_dinov2(weights: str):
 def _random_depth_model():
     """A small Depth Anything (DINOv2 backbone) with seeded random weights and its image processor:
     code paths only, offline (numbers meaningless), as the metrics' ``random`` weights."""
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+    from transformers import (
+        DepthAnythingConfig,
+        DepthAnythingForDepthEstimation,
+        Dinov2Config,
+        DPTImageProcessor,
+    )
 
     from semantix.metrics.inputs import IMAGENET_MEAN, IMAGENET_STD
     from semantix.metrics.weights import seeded
