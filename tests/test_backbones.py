@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from semantix.backbones import Backbone, build_tiny, load_sd15, save_as_diffusers_folder
-from semantix.backbones.base import resolve_device, resolve_dtype
+from semantix.runtime import resolve_device, resolve_dtype
 from semantix.backbones.tiny import load_clip_tokenizer
 from semantix.types import WeightsNotFoundError
 

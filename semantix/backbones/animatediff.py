@@ -50,7 +50,7 @@ def _adapter_not_found(motion_adapter: str, tried: list[str]) -> WeightsNotFound
         "Fix: on a machine with network, download it\n"
         f"    huggingface-cli download {hub_id} --local-dir /path/to/motion_adapter\n"
         "copy the folder here if needed, and set backbone.motion_adapter=/path/to/motion_adapter; or fill "
-        "the Hugging Face cache and unset HF_HUB_OFFLINE. (backbone=tiny_video runs offline with random weights.)"
+        "the Hugging Face cache and unset SEMANTIX_OFFLINE / HF_HUB_OFFLINE. (backbone=tiny_video runs offline with random weights.)"
     )
 
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from semantix.runtime import dtype_name
+
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -31,45 +33,12 @@ SD15_SCHEDULER_CONFIG: dict[str, Any] = {
 
 SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler"}
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
-
 # Images per VAE call in encode_images / decode_latents (bounds memory for video frames).
 VAE_CHUNK = 8
 
 # How far outside [0, 1] an image may stray (resampling overshoot) before it is taken for a bug
 # such as passing [-1, 1] or 0..255 images.
 IMAGE_RANGE_TOLERANCE = 1e-2
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`"auto"`: cuda if available, else cpu; anything else goes to `torch.device`."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
-    """`"auto"`: float16 on CUDA, float32 elsewhere; else float32/float16/bfloat16 (or fp32, fp16, bf16)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.float16 if device is not None and device.type == "cuda" else torch.float32
-    try:
-        return _DTYPES[dtype.removeprefix("torch.")]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; known: 'auto', {', '.join(map(repr, _DTYPES))}") from None
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def check_images(images: torch.Tensor, tolerance: float = IMAGE_RANGE_TOLERANCE) -> None:

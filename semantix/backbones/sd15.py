@@ -9,22 +9,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from semantix.backbones.base import (
-    SD15_SCHEDULER_CONFIG,
-    Backbone,
-    apply_kernel_options,
-    dtype_name,
-    finalize_modules,
-    resolve_device,
-    resolve_dtype,
-)
+from semantix.backbones.base import SD15_SCHEDULER_CONFIG, Backbone, apply_kernel_options, finalize_modules
 from semantix.checkpoints import refusing_pickled_code
+from semantix.runtime import dtype_name, hub_downloads_allowed, resolve_device, resolve_dtype
 from semantix.types import WeightsNotFoundError
 
 log = logging.getLogger(__name__)
@@ -54,10 +46,6 @@ def _missing_files(folder: Path, expected: tuple[tuple[str, ...], ...] = EXPECTE
     return [alts[0] for alts in expected if not any((folder / name).is_file() for name in alts)]
 
 
-def _env_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def _not_found(pretrained: str, tried: list[str]) -> WeightsNotFoundError:
     expected = "\n".join(f"    {' or '.join(alts)}" for alts in EXPECTED_FILES)
     attempts = "\n".join(f"  - {line}" for line in tried)
@@ -69,7 +57,7 @@ def _not_found(pretrained: str, tried: list[str]) -> WeightsNotFoundError:
         "Fix: on a machine with network, download the weights\n"
         f"    huggingface-cli download {DEFAULT_PRETRAINED} --local-dir /path/to/sd15 --include {include}\n"
         "(`hf download ...` with recent huggingface_hub), copy the folder here if needed, and set "
-        "backbone.pretrained=/path/to/sd15; or fill the Hugging Face cache and unset HF_HUB_OFFLINE."
+        "backbone.pretrained=/path/to/sd15; or fill the Hugging Face cache and unset SEMANTIX_OFFLINE / HF_HUB_OFFLINE."
     )
 
 
@@ -107,12 +95,14 @@ def resolve_weights(
     from huggingface_hub import snapshot_download
 
     tried = [f"local folder ./{pretrained}: does not exist"]
-    if local_files_only is None:
-        attempts = [True] if _env_offline() else [True, False]  # the cache first, then the hub
+    if local_files_only is None:  # the cache first, then the hub when downloads are allowed
+        attempts = [True, False] if hub_downloads_allowed() else [True]
     else:
         attempts = [bool(local_files_only)]
     for local_only in attempts:
         where = "Hugging Face cache" if local_only else "Hugging Face Hub"
+        if not local_only:
+            log.info("downloading %s (revision %s) into the Hugging Face cache", pretrained, revision or "main")
         try:
             folder = Path(
                 snapshot_download(
@@ -130,7 +120,8 @@ def resolve_weights(
             return folder, {"source": "hub", "path": str(folder), "commit": folder.name}
         tried.append(f"{where} snapshot {folder}: missing {', '.join(missing)}")
     if attempts == [True]:
-        tried.append("the Hub was not contacted (HF_HUB_OFFLINE is set or local_files_only=true)")
+        tried.append("the Hub was not contacted (local_files_only=true, SEMANTIX_OFFLINE / HF_HUB_OFFLINE set, "
+                     "or the hub unreachable)")
     raise not_found(pretrained, tried)
 
 
@@ -158,7 +149,7 @@ def load_sd15(
     """Load SD1.5's UNet, VAE, text encoder, tokenizer and noise schedule as a Backbone.
 
     `pretrained`: hub id or local diffusers folder. `dtype="auto"`: float16 on CUDA, float32 on CPU.
-    `local_files_only=None`: the HF cache only when HF_HUB_OFFLINE is set, else the cache then the hub.
+    `local_files_only=None`: the HF cache, then the hub when `semantix.runtime.hub_downloads_allowed()`.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor2_0

@@ -19,16 +19,9 @@ from pathlib import Path
 import torch
 
 from semantix.backbones.animatediff import video_backbone
-from semantix.backbones.base import (
-    SD15_SCHEDULER_CONFIG,
-    Backbone,
-    apply_kernel_options,
-    dtype_name,
-    finalize_modules,
-    resolve_device,
-    resolve_dtype,
-)
+from semantix.backbones.base import SD15_SCHEDULER_CONFIG, Backbone, apply_kernel_options, finalize_modules
 from semantix.io import atomic_write_bytes
+from semantix.runtime import dtype_name, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 

@@ -540,14 +540,15 @@ def _load_dinov2(weights: str):
     ``random`` (seeded random ViT-B/14 weights: code paths only)."""
     from transformers import Dinov2Config, Dinov2Model
 
-    from semantix.metrics.weights import is_random, offline, seeded
+    from semantix.metrics.weights import is_random, seeded
+    from semantix.runtime import hub_downloads_allowed
 
     if is_random(weights):
         model = seeded(lambda: Dinov2Model(Dinov2Config()))
     else:
         try:
             with refusing_pickled_code("dinov2_weights", weights):  # transformers: weights_only=True
-                model = Dinov2Model.from_pretrained(weights, local_files_only=offline())
+                model = Dinov2Model.from_pretrained(weights, local_files_only=not hub_downloads_allowed())
         except OSError as error:
             raise WeightsNotFoundError(
                 f"dinov2_weights: DINOv2 weights not found (value {weights!r}); expected a folder with config.json "
@@ -586,15 +587,16 @@ def _load_depth_model(path: str, device):
     in the Hugging Face cache (upstream uses Depth Anything V2 Large), or ``random``."""
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-    from semantix.metrics.weights import is_random, offline
+    from semantix.metrics.weights import is_random
+    from semantix.runtime import hub_downloads_allowed
 
     if is_random(path):
         processor, model = _random_depth_model()
         return processor, model.to(device).eval().requires_grad_(False)
     try:
-        processor = AutoImageProcessor.from_pretrained(path, local_files_only=offline())
+        processor = AutoImageProcessor.from_pretrained(path, local_files_only=not hub_downloads_allowed())
         with refusing_pickled_code("depth_model", path):  # transformers: weights_only=True
-            model = AutoModelForDepthEstimation.from_pretrained(path, local_files_only=offline())
+            model = AutoModelForDepthEstimation.from_pretrained(path, local_files_only=not hub_downloads_allowed())
     except OSError as error:
         raise WeightsNotFoundError(
             f"depth_model: depth-estimation model not found (value {path!r}); expected a transformers "

@@ -45,11 +45,11 @@ from semantix.metrics.weights import (
     LRUCache,
     is_random,
     metric_device,
-    offline,
     require_file,
     seeded,
     shared_model,
 )
+from semantix.runtime import hub_downloads_allowed
 from semantix.types import Sample, WeightsNotFoundError
 
 EMBEDDING_CACHE_SIZE = 256
@@ -128,12 +128,12 @@ def _tag_source(model: str, tag: str, tag_cfg: dict, config_key: str) -> str:
         path = try_to_load_from_cache(repo_id, filename)
         if isinstance(path, str):  # otherwise None (not cached) or a "known not to exist" marker
             return path
-    if not offline():
+    if hub_downloads_allowed():
         return tag
     expected = " or ".join(f"{repo_id}/{filename}" for repo_id, filename in files)
     raise WeightsNotFoundError(
         f"{config_key}: open_clip weights {model!r} / {tag!r} are not in the Hugging Face cache "
-        f"({constants.HF_HUB_CACHE}) and downloads are off (HF_HUB_OFFLINE or SEMANTIX_OFFLINE). "
+        f"({constants.HF_HUB_CACHE}) and downloads are off (SEMANTIX_OFFLINE / HF_HUB_OFFLINE set, or the hub unreachable). "
         f"Expected the Hugging Face file {expected}. On a machine with network, "
         f"`python -c \"import open_clip; open_clip.create_model('{model}', pretrained='{tag}')\"` fills that "
         f"cache (copy it here or point HF_HOME at it). Or set {config_key}=/path/to/checkpoint, or "

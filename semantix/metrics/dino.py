@@ -48,7 +48,8 @@ from transformers import ViTConfig, ViTModel
 from semantix.checkpoints import refusing_pickled_code
 from semantix.metrics.base import SampleMetric
 from semantix.metrics.inputs import check_same_size, to_dino_input, to_hwc_numpy
-from semantix.metrics.weights import is_random, metric_device, offline, seeded, shared_model
+from semantix.metrics.weights import is_random, metric_device, seeded, shared_model
+from semantix.runtime import hub_downloads_allowed
 from semantix.types import WeightsNotFoundError
 
 DINO_HUB_ID = "facebook/dino-vitb8"
@@ -67,12 +68,13 @@ def load_dino(weights: str, config_key: str) -> ViTModel:
     else:
         try:
             with refusing_pickled_code(config_key, weights):  # transformers reads with weights_only=True
-                model = ViTModel.from_pretrained(weights, local_files_only=offline(), add_pooling_layer=False)
+                model = ViTModel.from_pretrained(weights, local_files_only=not hub_downloads_allowed(),
+                                                 add_pooling_layer=False)
         except OSError as error:
             raise WeightsNotFoundError(
                 f"{config_key}: weights not found (value {weights!r}). Expected a folder with config.json "
                 f"and model.safetensors of DINO ViT-B/8, or the hub id {DINO_HUB_ID!r} already in the Hugging "
-                f"Face cache (offline: {offline()}). On a machine with network, "
+                f"Face cache (downloads allowed: {hub_downloads_allowed()}). On a machine with network, "
                 f"`huggingface-cli download {DINO_HUB_ID}` fills the cache, or "
                 f"`ViTModel.from_pretrained('{DINO_HUB_ID}').save_pretrained(folder)` writes a folder. Then "
                 f"set {config_key}=/path/to/folder, or {config_key}=random for seeded random weights "

@@ -16,7 +16,6 @@ their intermediate results (CLIP embeddings, optical flows).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from semantix.runtime import resolve_device
 from semantix.types import WeightsNotFoundError
 
 RANDOM = "random"
@@ -36,16 +36,9 @@ _models: dict[tuple, Any] = {}
 _lock = threading.Lock()
 
 
-def offline() -> bool:
-    """True when hubs must not be contacted (HF_HUB_OFFLINE or SEMANTIX_OFFLINE set)."""
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "SEMANTIX_OFFLINE"))
-
-
 def metric_device(device: str | None = "auto") -> str:
-    """Where a metric's network runs: "auto" (or None) is CUDA when available, else the CPU."""
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
+    """Where a metric's network runs, as the string metrics key their shared models by (`resolve_device`)."""
+    return str(resolve_device(device))
 
 
 def is_random(weights: str | None) -> bool:
