@@ -27,11 +27,11 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from semantix.runtime import config_dir
 from semantix.tables import TABLES
 
 log = logging.getLogger("semantix")
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 JOB_FAILED_EXIT = 101
 MAX_FAILED_EXIT = 100
 
@@ -109,12 +109,11 @@ def _run_job(cfg: DictConfig) -> None:
 
 
 def bench() -> None:
-    if not (CONF_DIR / "config.yaml").is_file():
-        sys.exit(
-            f"semantix-bench: configs not found at {CONF_DIR}; install the package in editable mode "
-            "from a checkout (pip install -e .), which keeps conf/ beside semantix/."
-        )
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_run_job)()
+    try:
+        conf = config_dir()  # the checkout's conf/, or the copy an installed wheel ships
+    except FileNotFoundError as e:
+        sys.exit(f"semantix-bench: {e}")
+    hydra.main(version_base="1.3", config_path=str(conf), config_name="config")(_run_job)()
     failed_jobs = _job_outcomes.count(JOB_FAILED_EXIT)
     failed_samples = sum(o for o in _job_outcomes if o != JOB_FAILED_EXIT)
     if failed_jobs:

@@ -21,9 +21,11 @@ import os
 import socket
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -69,30 +71,36 @@ def hub_downloads_allowed() -> bool:
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """`"auto"` (or None): cuda if available, else cpu; anything else goes to `torch.device`."""
+    import torch
+
     if device is None or (isinstance(device, str) and device == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
+# Accepted dtype names -> the torch dtype's name (torch is imported only when a dtype is resolved, so
+# that `semantix.config` and the CLI can import this module cheaply).
+DTYPES: dict[str, str] = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
 }
 
 
 def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
     """`"auto"`: float16 on CUDA, float32 elsewhere; else a name of `DTYPES` (a "torch." prefix is allowed)."""
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         return torch.float16 if device is not None and device.type == "cuda" else torch.float32
     try:
-        return DTYPES[dtype.removeprefix("torch.")]
+        return getattr(torch, DTYPES[dtype.removeprefix("torch.")])
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; known: 'auto', {', '.join(map(repr, DTYPES))}") from None
 
