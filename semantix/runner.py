@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from semantix import diagnostics, provenance
+from semantix.config import RunLabels
 from semantix.io import (
     ResultsNotWritable,
     check_writable_directory,
@@ -59,17 +60,6 @@ log = logging.getLogger(__name__)
 # Keys that choose where, how fast or how much of a run executes, not what it computes: not part of its identity
 # (so `dataset.limit=2` followed by the full run resumes into the same directory).
 _NOT_IDENTITY = {"backbone": ("device", "channels_last", "compile_unet"), "dataset": ("limit",)}
-
-
-@dataclass(frozen=True)
-class RunLabels:
-    """Human-readable names of the job's choices, used in run paths and leaderboard rows."""
-
-    experiment: str
-    dataset: str
-    backbone: str
-    metrics: str
-    overrides: tuple[str, ...] = ()  # what the user typed (Hydra's task overrides), for provenance
 
 
 @dataclass

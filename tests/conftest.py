@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from semantix.config import CONF_DIR, compose_config  # noqa: F401 - CONF_DIR: test modules import it from here
+
 REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf"
 TESTS_DIR = Path(__file__).resolve().parent
 
 
@@ -75,12 +76,8 @@ def demo():
 
 
 def compose(overrides: list[str]):
-    """Compose the app's config as `semantix-bench` would, outside a Hydra run."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    """The app's config as `semantix-bench <overrides>` composes it, Hydra's node included."""
+    return compose_config(overrides)
 
 
 def run_cli(args: list[str], cwd: Path, env_extra: dict | None = None, timeout: int = 600):

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import compose
-from omegaconf import open_dict
-
-from semantix.runner import RunLabels, Runner
+from semantix.config import compose_job
+from semantix.runner import Runner
 
 
 def manifest_overrides(manifest) -> list[str]:
@@ -16,13 +14,8 @@ def manifest_overrides(manifest) -> list[str]:
 
 
 def composed(overrides: list[str], results_dir: Path):
-    cfg = compose([*overrides, f"paths.results_dir={results_dir}", "runner.progress=false"])
-    choices = cfg.hydra.runtime.choices
-    labels = RunLabels(choices.get("experiment") or "none", choices["dataset"], choices["backbone"],
-                       choices["metrics"])
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg, labels
+    """The job's config and labels (`compose_job`), writing under `results_dir`, without a progress bar."""
+    return compose_job([*overrides, f"paths.results_dir={results_dir}", "runner.progress=false"])
 
 
 def run_job(overrides: list[str], results_dir: Path, logger=None):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CONF_DIR, compose
+from conftest import compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from semantix.cli import root_cause
+from semantix.config import CONF_DIR, RunLabels, compose_job
 from semantix.types import WeightsNotFoundError
 
 
@@ -73,3 +74,13 @@ def test_backbones_instantiate_or_say_which_key_to_set(tmp_path):
 def test_unknown_choice_is_a_clear_error():
     with pytest.raises(Exception, match="reinhardt"):
         compose(["method=reinhardt"])
+
+
+def test_compose_job_names_the_choices_and_keeps_the_overrides():
+    overrides = ["experiment=semantix_gamma_sweep", "dataset=demo", "dataset.limit=1", "method.semantix.num_steps=3"]
+    cfg, labels = compose_job(overrides)
+    assert "hydra" not in cfg  # the runner gets the job's config, not Hydra's
+    assert cfg.method.semantix.num_steps == 3 and cfg.dataset.limit == 1
+    assert labels == RunLabels(experiment="semantix_gamma_sweep", dataset="demo", backbone="sd15", metrics="image_style",
+                               overrides=tuple(overrides))
+    assert compose_job(["~experiment"])[1].experiment == "none"
