@@ -11,6 +11,8 @@
   the `.submitit/` logs). Every job still rewrites the leaderboard when it ends.
 - `semantix-leaderboard [--runs DIR] [--out CSV] [--markdown MD] [--table styleid]`: aggregate run
   directories; `--table` also writes a paper's table (column order, units, published values beside).
+- `semantix-report [--runs DIR] [--out DIR] [--filter KEY=VALUE] [--order LABELS] [--wandb PROJECT]`:
+  the static HTML report of run directories (`semantix.report`, docs/report.md).
 """
 
 from __future__ import annotations
@@ -156,3 +158,16 @@ def write_paper_table(leaderboard_table, name: str, out_dir: Path, published: Pa
     atomic_write_bytes(Path(out_dir) / f"table_{name}.csv", frame.to_csv(index=False).encode())
     atomic_write_bytes(Path(out_dir) / f"table_{name}.md", markdown.encode())
     return markdown
+
+
+def report(argv: list[str] | None = None) -> None:
+    """`semantix-report` (docs/report.md): build the HTML report of run directories
+    (`semantix.report`), then with `--wandb PROJECT` log its leaderboard and plots as one wandb run
+    (`semantix.loggers`; the report package stays below the loggers and knows nothing of wandb)."""
+    from semantix.loggers import log_report_to_wandb
+    from semantix.report import build
+
+    args = build.parser().parse_args(argv)
+    index = build.main(args)
+    if args.wandb:
+        print(f"wandb -> {log_report_to_wandb(index.parent, args.wandb)}")

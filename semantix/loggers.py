@@ -1,11 +1,13 @@
 """Optional experiment loggers. Off by default (`logger=none`); the run directory is the record.
 
 `logger=wandb` logs, per method run: per-sample metric values and the first `max_images` outputs;
-at the end, the report's view of the run (see `semantix.report`): a table of every record with its
-output, content and reference thumbnails and metric values, the run's leaderboard row (means and
-95% CI half-widths) as the wandb summary, and the per-step diagnostics plot of one sample when the
-method records per-step diagnostics. Without credentials it runs offline (`wandb sync` uploads
-later). Plots across runs (sweeps, ablations) are in `semantix-report`, which sees every run.
+at the end, the report's view of the run (`semantix.report`, which sits below this module): a table
+of every record with its output, content and reference thumbnails and metric values, the run's
+leaderboard row (means and 95% CI half-widths) as the wandb summary, and the per-step diagnostics
+plot of one sample when the method records per-step diagnostics. Without credentials it runs offline
+(`wandb sync` uploads later). Plots across runs (sweeps, ablations) are in `semantix-report`, which
+sees every run; `log_report_to_wandb` uploads them (`semantix-report --wandb`). This is the one
+module that talks to wandb.
 """
 
 from __future__ import annotations
@@ -73,26 +75,30 @@ class WandbLogger(NullLogger):
     def finish_run(self, label: str, records: list[dict]) -> None:
         from PIL import Image
 
-        from semantix import plots, report
-        from semantix.leaderboard import load_run, summarise
+        from semantix.leaderboard import summarise
+        from semantix.report import plots
+        from semantix.report.figures import diagnostics_panels, diagnostics_sample
+        from semantix.report.inputs import InputIndex, input_strip, input_thumbnail, output_thumbnail
+        from semantix.report.runs import describe_rows
+        from semantix.store import load_run
 
         run = self._runs.pop(label)
         run_dir = self._run_dirs.pop(label)
         summary = load_run(run_dir)
         data = (summary.provenance.get("data") or {}) if summary else {}
         side = min(THUMBNAIL_SIZE, int(data.get("resolution") or THUMBNAIL_SIZE))
-        inputs = report.InputIndex()
+        inputs = InputIndex()
         metric_names = sorted({name for r in records for name in r.get("metrics", {})})
         table = self._wandb.Table(columns=["sample_id", "status", "error", "output", "content", "reference",
                                            *metric_names])
         for r in records:
             error = r["error"]["message"] if r.get("error") else None
             output_path = run_dir / r.get("image", "")
-            output = (self._wandb.Image(report.output_thumbnail(output_path, THUMBNAIL_SIZE))
+            output = (self._wandb.Image(output_thumbnail(output_path, THUMBNAIL_SIZE))
                       if r["status"] == "ok" and output_path.is_file() else None)
             found = inputs.inputs(data, r["sample_id"]) if data.get("manifest") else None
-            content = self._wandb.Image(report.input_thumbnail(found.content, side)) if found and found.content else None
-            reference = (self._wandb.Image(report.input_strip(found.references, side))
+            content = self._wandb.Image(input_thumbnail(found.content, side)) if found and found.content else None
+            reference = (self._wandb.Image(input_strip(found.references, side))
                          if found and found.references else None)
             table.add_data(r["sample_id"], r["status"], error, output, content, reference,
                            *[r["metrics"].get(m) for m in metric_names])
@@ -101,10 +107,27 @@ class WandbLogger(NullLogger):
             row = summarise(summary)
             run.summary.update({k: v for k, v in row.items()
                                 if k.endswith(("_mean", "_ci95", "_set")) and isinstance(v, int | float) and math.isfinite(v)})
-            record = report.diagnostics_sample(summary)
+            record = diagnostics_sample(summary)
             if record is not None:
                 title = f"Per-step diagnostics: {label}, sample {record['sample_id']}"
-                png = plots.diagnostics_plot(report.diagnostics_panels(record), title, report.describe_rows([row]))
+                png = plots.diagnostics_plot(diagnostics_panels(record), title, describe_rows([row]))
                 payload["diagnostics"] = self._wandb.Image(Image.open(io.BytesIO(png)), caption=record["sample_id"])
         run.log(payload)
         run.finish()
+
+
+def log_report_to_wandb(report_dir: Path, project: str, mode: str = "auto") -> str:
+    """Log a built report's leaderboard (a wandb.Table) and plots (wandb.Image) as one wandb run
+    (`semantix-report --wandb`); return the wandb run's folder."""
+    import pandas as pd
+    import wandb
+
+    # The wandb folder goes beside the report, keeping the report folder portable.
+    run = wandb.init(project=project, job_type="report", name=f"report/{report_dir.name}",
+                     mode=wandb_mode(mode), dir=str(report_dir.parent), reinit="create_new")
+    payload = {"leaderboard": wandb.Table(dataframe=pd.read_csv(report_dir / "leaderboard.csv"))}
+    for plot in sorted((report_dir / "plots").glob("*.png")):
+        payload[f"plots/{plot.stem}"] = wandb.Image(str(plot))
+    run.log(payload)
+    run.finish()
+    return run.dir

@@ -1,11 +1,13 @@
 """`semantix-report` on real run directories: valid self-contained HTML with every sample and method,
-sweep / comparison / trade-off / diagnostics plots, run filters, a headless-Chromium check that the
-images render and the table sorts, and the wandb logger's end-of-run table and plot."""
+methods in the configured order, sweep / comparison / trade-off / diagnostics plots, run filters,
+headless-Chromium checks (the page fits a 1400 px window, every image renders, the table sorts and
+filters), and the wandb logger's end-of-run table and plot.
+
+Chromium is a system package that `.ci/run` installs; without it on PATH the browser tests fail."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from collections import Counter
@@ -17,17 +19,19 @@ from harness import composed, run_job
 from hydra.utils import instantiate
 from PIL import Image
 
-from semantix.leaderboard import find_runs
-from semantix.report import (
+from semantix.cli import report as report_command
+from semantix.report.figures import pick_metric
+from semantix.report.inputs import input_strip
+from semantix.report.runs import (
+    METHOD_ORDER,
     group_runs_by_key,
-    input_strip,
     load_runs,
-    main,
-    pick_metric,
+    method_rank,
     sweep_lines,
     swept_parameters,
 )
 from semantix.runner import Runner
+from semantix.store import find_runs
 
 CLASSICAL = "method=[identity,reinhard,histogram_matching]"
 # Semantix on the tiny backbone in 2 steps: fast, and it records per-step diagnostics.
@@ -36,7 +40,10 @@ FAST_SEMANTIX = ["method=semantix_20steps", "method.semantix_20steps.num_steps=2
 DEMO_SAMPLES = 8
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
-APT_TIMEOUT_S = 300
+WINDOW = (1400, 900)  # a laptop browser window: the page must fit its width
+SELFTEST = Path(__file__).with_name("report_selftest.js")
+# The fixture's runs in the default method order: the headline method, the Reinhard sweep, the rest.
+ORDERED_LABELS = ["semantix_20steps", "reinhard", "reinhard", "histogram_matching", "identity"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +59,7 @@ def results(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def report(results) -> Path:
-    main(["--runs", str(results / "runs"), "--out", str(results / "report")])
+    report_command(["--runs", str(results / "runs"), "--out", str(results / "report")])
     return results / "report"
 
 
@@ -143,9 +150,13 @@ def test_demo_report_is_valid_self_contained_and_complete(results, report):
     leaderboard_rows = [a for t, a, parents in page.elements if t == "tr" and "tbody" in parents
                         and "td" not in parents and "data-sample" not in a]
     assert len(leaderboard_rows) == len(runs)
-    columns = {a["data-run"] for a in page.find("th") if "data-run" in a}
-    assert columns == {"identity", "histogram_matching", "reinhard (eps=0.5)", "reinhard (eps=1e-06)",
-                       "semantix_20steps"}
+    columns = [a["data-run"] for a in page.find("th") if "data-run" in a]
+    assert set(columns) == {"identity", "histogram_matching", "reinhard (eps=0.5)", "reinhard (eps=1e-06)",
+                            "semantix_20steps"}
+    # the headline method first, then the other labels in METHOD_ORDER; the leaderboard in the same order
+    assert [name.split(" (")[0] for name in columns] == ORDERED_LABELS
+    assert [a["data-sort"] for t, a, parents in page.elements
+            if t == "td" and a.get("class") == "pin" and "tbody" in parents] == columns
     rows = {a["data-sample"] for a in page.find("tr") if "data-sample" in a}
     assert len(rows) == DEMO_SAMPLES
     for run in runs:
@@ -162,6 +173,8 @@ def test_demo_report_is_valid_self_contained_and_complete(results, report):
     multi = next(a for a in page.find("tr") if a.get("data-sample") == "rocket__sunset_strokes+teal_mosaic")
     assert multi["data-domain"] == "vehicles"
     text = (report / "index.html").read_text()
+    assert "<b>rocket__<wbr>sunset_<wbr>strokes+<wbr>teal_<wbr>mosaic</b>" in text  # wraps at separators only
+    assert "selftest" not in text  # the browser check is the test's, never shipped
     # the backbone, its weights warning and the metric preset on every table and figure
     captions = [a for t, a, _ in page.elements if t == "caption"]
     assert len(captions) == 2
@@ -201,12 +214,12 @@ def test_reference_strip_puts_references_side_by_side(tmp_path):
 
 def test_filters_select_runs_and_bad_requests_fail_clearly(results, tmp_path):
     out = tmp_path / "only-reinhard"
-    main(["--runs", str(results / "runs"), "--out", str(out), "--filter", "method=rein*"])
+    report_command(["--runs", str(results / "runs"), "--out", str(out), "--filter", "method=rein*"])
     page = parse(out / "index.html")
     assert {a["data-run"] for a in page.find("th") if "data-run" in a} == {"reinhard (eps=0.5)",
                                                                            "reinhard (eps=1e-06)"}
     assert not list((out / "images/outputs/demo/demo/tiny").glob("identity-*"))
-    main(["--runs", str(results / "runs"), "--out", str(out), "--filter", "method=identity"])  # replaces it
+    report_command(["--runs", str(results / "runs"), "--out", str(out), "--filter", "method=identity"])  # replaces it
     assert {a["data-run"] for a in parse(out / "index.html").find("th") if "data-run" in a} == {"identity"}
     for argv, message in [
         (["--filter", "colour=red"], "unknown key 'colour'"),
@@ -214,12 +227,12 @@ def test_filters_select_runs_and_bad_requests_fail_clearly(results, tmp_path):
         (["--filter", "method"], "expected KEY=VALUE"),
     ]:
         with pytest.raises(SystemExit, match=message):
-            main(["--runs", str(results / "runs"), "--out", str(tmp_path / "x"), *argv])
+            report_command(["--runs", str(results / "runs"), "--out", str(tmp_path / "x"), *argv])
     precious = tmp_path / "precious"
     (precious / "notes.txt").parent.mkdir()
     (precious / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit, match="not an earlier report"):
-        main(["--runs", str(results / "runs"), "--out", str(precious)])
+        report_command(["--runs", str(results / "runs"), "--out", str(precious)])
     assert (precious / "notes.txt").read_text() == "mine"
 
 
@@ -231,7 +244,7 @@ def test_moved_manifest_leaves_outputs_and_says_why(results, tmp_path):
     provenance = json.loads((copy / "provenance.json").read_text())
     provenance["data"]["manifest"] = str(tmp_path / "gone" / "manifest.csv")
     (copy / "provenance.json").write_text(json.dumps(provenance))
-    main(["--runs", str(runs), "--out", str(tmp_path / "report")])
+    report_command(["--runs", str(runs), "--out", str(tmp_path / "report")])
     page = parse(tmp_path / "report" / "index.html")
     text = (tmp_path / "report" / "index.html").read_text()
     assert "inputs not shown: manifest" in text
@@ -242,63 +255,86 @@ def test_moved_manifest_leaves_outputs_and_says_why(results, tmp_path):
 
 
 # -- the page in a browser ---------------------------------------------------------------------------
-def _install_chromium() -> str:
-    """Install Debian's chromium when allowed; return why it is unavailable otherwise."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "chromium is not installed and the tests do not run as root to apt-get install it"
-    if not shutil.which("apt-get"):
-        return "chromium is not installed and there is no apt-get to install it"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "chromium"]
-    reason = ""
-    for command in (install, ["apt-get", "update", "-q"], install):
-        try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            return f"`{' '.join(command)}` took more than {APT_TIMEOUT_S} s"
-        if command is install and done.returncode == 0:
-            return ""
-        reason = f"`{' '.join(command)}` failed: {(done.stderr or done.stdout).strip()[-300:]}"
-    return reason
-
-
 @pytest.fixture(scope="session")
 def chromium() -> str:
+    """Headless Chromium: a system package (.ci/run installs it); a missing one fails, it is never skipped."""
     found = shutil.which("chromium")
     if found is None:
-        reason = _install_chromium()
-        found = shutil.which("chromium")
-        if found is None:
-            pytest.skip(f"headless Chromium unavailable: {reason or 'installed, but not on PATH'}")
+        pytest.fail("`chromium` is not on PATH: the report's browser tests need it; install the system package "
+                    "(`apt-get install chromium`, as .ci/run does) and run the tests again")
     return found
 
 
+def _chromium(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}",
+               *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
 def browser_selftest(chromium: str, index: Path, profile: Path) -> dict:
-    """Open the page with `?selftest` and return the checks its script wrote into the DOM."""
-    command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=15000",
-               "--dump-dom", index.resolve().as_uri() + "?selftest"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    """Open a copy of the page with tests/report_selftest.js injected (beside it, so its relative
+    links still resolve) at the WINDOW size, and return the checks the script wrote into the DOM."""
+    page = index.with_name("selftest.html")
+    script = f"<script>{SELFTEST.read_text(encoding='utf-8')}</script></body>"
+    page.write_text(index.read_text(encoding="utf-8").replace("</body>", script), encoding="utf-8")
+    done = _chromium(chromium, profile, "--virtual-time-budget=15000", "--dump-dom", page.resolve().as_uri())
+    page.unlink()
     result = Page(done.stdout).texts.get("selftest-result", "")
     assert result, f"no self-test result (exit {done.returncode}): {done.stderr[-1500:]}"
     return json.loads(result)
 
 
-def test_page_renders_images_sorts_and_filters_in_chromium(report, chromium, tmp_path):
+def test_page_fits_a_1400px_window_and_every_image_loads(report, chromium, tmp_path):
+    """The screenshot test: at 1400x900 the page has no horizontal overflow (wide tables scroll inside
+    their own box), every image decodes, and sample images are shown at a legible size."""
     n_images = len(parse(report / "index.html").find("img"))
-    result = browser_selftest(chromium, report / "index.html", tmp_path / "profile-1")
+    result = browser_selftest(chromium, report / "index.html", tmp_path / "profile")
+    assert result["viewport_width"] == WINDOW[0]
+    assert result["scroll_width"] <= result["client_width"] <= WINDOW[0], result
     assert result["images"] == n_images and result["broken"] == []
+    # contents, references (one sample has two), outputs
+    assert len(result["grid_image_widths"]) == DEMO_SAMPLES + DEMO_SAMPLES + 1 + 4 * DEMO_SAMPLES + 1
+    assert min(result["grid_image_widths"]) >= 150
+    screenshot = tmp_path / "report-1400.png"
+    done = _chromium(chromium, tmp_path / "profile", f"--screenshot={screenshot}", (report / "index.html").resolve().as_uri())
+    assert screenshot.is_file(), done.stderr[-1500:]
+    with Image.open(screenshot) as image:
+        assert image.size == WINDOW
+
+
+def test_page_sorts_and_filters_in_chromium_and_the_checks_can_fail(report, chromium, tmp_path):
+    result = browser_selftest(chromium, report / "index.html", tmp_path / "profile-1")
     sort = result["sort"]
     assert sort["ascending"] == sorted(sort["ascending"]) and sort["descending"] == sorted(sort["descending"])[::-1]
     assert sort["ascending_ok"] and sort["descending_ok"] and len(sort["ascending"]) == 5
     assert result["filter"] == {"key": "domain", "value": "animals", "shown": 2, "hidden": DEMO_SAMPLES - 2,
                                 "all_match": True}
-    # the check can fail: a corrupt thumbnail is reported
+    # a corrupt thumbnail is reported, and so is an element wider than the window
     broken = tmp_path / "broken"
     shutil.copytree(report, broken)
     victim = next((broken / "images" / "inputs").glob("*.png"))
     victim.write_bytes(b"not a png")
-    result = browser_selftest(chromium, broken / "index.html", tmp_path / "profile-2")
+    index = broken / "index.html"
+    index.write_text(index.read_text().replace("</body>", '<div style="width:2000px">wide</div></body>'))
+    result = browser_selftest(chromium, index, tmp_path / "profile-2")
     assert victim.relative_to(broken).as_posix() in result["broken"]
+    assert result["scroll_width"] > result["client_width"]
+
+
+def test_method_order_puts_variants_after_their_base_and_is_configurable(results, tmp_path):
+    order = ("semantix", "styleid", "eye_for_an_eye", "reinhard")
+    labels = ["reinhard", "zeta", "styleid_20steps", "frames_semantix", "semantix", "eye_for_an_eye_20steps",
+              "alpha", "semantix_no_adain"]
+    ranked = sorted(labels, key=lambda label: method_rank(label, order))  # stable: ties keep this order
+    assert ranked == ["semantix", "frames_semantix", "semantix_no_adain", "styleid_20steps",
+                      "eye_for_an_eye_20steps", "reinhard", "zeta", "alpha"]
+    assert METHOD_ORDER[0] == "semantix"
+    out = tmp_path / "ordered"
+    report_command(["--runs", str(results / "runs"), "--out", str(out), "--order", "identity,reinhard"])
+    columns = [a["data-run"] for a in parse(out / "index.html").find("th") if "data-run" in a]
+    # named labels first; the others (histogram_matching, semantix_20steps) after, in leaderboard order
+    assert [name.split(" (")[0] for name in columns] == ["identity", "reinhard", "reinhard", "histogram_matching",
+                                                        "semantix_20steps"]
 
 
 # -- wandb -------------------------------------------------------------------------------------------
@@ -341,7 +377,7 @@ def test_wandb_logs_table_with_images_and_diagnostics_offline(tmp_path, monkeypa
 def test_report_plots_and_leaderboard_go_to_wandb_offline(report, tmp_path, monkeypatch):
     import shutil
 
-    from semantix.report import log_report_to_wandb
+    from semantix.loggers import log_report_to_wandb
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
