@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
@@ -389,3 +390,11 @@ def test_report_plots_and_leaderboard_go_to_wandb_offline(report, tmp_path, monk
     tables = list((run_dir / "media" / "table").glob("leaderboard_*.table.json"))
     assert len(tables) == 1 and "method" in json.loads(tables[0].read_text())["columns"]
     assert not (copy / "wandb").exists()  # the report folder stays portable
+
+
+def test_report_package_sits_below_the_loggers():
+    """Importing every report module loads neither semantix.loggers nor the CLI (no import cycle)."""
+    code = ("import sys, semantix.report.build, semantix.report.figures, semantix.report.render; "
+            "sys.exit(sorted(m for m in ('semantix.loggers', 'semantix.cli', 'wandb') if m in sys.modules) or 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-1500:]
