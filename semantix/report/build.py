@@ -31,8 +31,6 @@ from semantix.report.runs import (
     slug,
 )
 
-log = logging.getLogger(__name__)
-
 
 def build_report(runs_root: Path, out: Path, filters: dict[str, list[str]] | None = None,
                  thumbnail_size: int = 256, order: tuple[str, ...] | list[str] = METHOD_ORDER) -> Path:

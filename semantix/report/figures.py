@@ -17,8 +17,8 @@ from semantix.report.runs import (
     missing,
     short_key,
     slug,
-    swept_parameters,
     sweep_lines,
+    swept_parameters,
 )
 from semantix.store import RunSummary
 
