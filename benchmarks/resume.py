@@ -43,10 +43,10 @@ from PIL import Image
 
 from semantix import provenance
 from semantix.data.manifest import write_manifest
-from semantix.io import atomic_write_json
+from semantix.io import atomic_write_json, png_bytes_to_image
 from semantix.leaderboard import write_leaderboard
 from semantix.runner import RunLabels, Runner, sample_seed
-from semantix.store import RunStore, safe_filename
+from semantix.store import RunStore
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 TARGET_S = 5.0  # "a few seconds" for a finished 1000-sample run
@@ -157,14 +157,11 @@ def synthetic(work: Path, n_records: int, repeats: int) -> dict:
     start = time.perf_counter()
     for row in rows:  # what the runner writes for a finished sample, without running anything
         sample_id = row["sample_id"]
-        png = _photo_like_png(rng)
-        relative = f"images/{safe_filename(sample_id)}.png"
-        (store.run_dir / "images").mkdir(parents=True, exist_ok=True)
-        (store.run_dir / relative).write_bytes(png)
-        atomic_write_json(store.record_path(sample_id), {
+        image, image_sha256 = store.save_image(sample_id, png_bytes_to_image(_photo_like_png(rng)))
+        store.write_record({
             "sample_id": sample_id, "method": "identity", "status": "ok", "error": None,
             "seed": sample_seed(cfg.seed, sample_id), "inputs": runner.dataset.input_sha256(sample_id),
-            "image": relative, "image_sha256": hashlib.sha256(png).hexdigest(),
+            "image": image, "image_sha256": image_sha256,
             "metrics": {name: 0.5 for name in runner.metrics},
             "metric_config": {name: runner.metric_hashes[name] for name in runner.metrics},
             "diagnostics": {}, "timings": {},

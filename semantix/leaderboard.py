@@ -1,4 +1,5 @@
-"""Aggregate run directories into leaderboard tables (CSV and Markdown).
+"""Aggregate run directories into leaderboard tables (CSV and Markdown); runs are read through
+`semantix.store.find_runs`.
 
 One row per (experiment, dataset, method, backbone, config hash). Per metric: the mean over the
 samples that finished, and the half-width of a two-sided 95% Student-t confidence interval of that
@@ -24,10 +25,7 @@ random-weight runs that test the code, never quality results, and the Markdown t
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +34,7 @@ from scipy import stats
 
 from semantix import diagnostics
 from semantix.io import atomic_write_bytes
-
-log = logging.getLogger(__name__)
+from semantix.store import RunSummary, find_runs
 
 CONFIDENCE = 0.95
 KEY_COLUMNS = ["experiment", "dataset", "method", "backbone", "config_hash"]
@@ -67,100 +64,13 @@ def weights_label(prov: dict) -> str:
     return f"{ref}@{revision}" if revision else str(ref)
 
 
-def read_invocations(run_dir: Path) -> list[dict]:
-    """Every invocation of a run, oldest first: `invocations/*.json`, plus any a pre-sharding
-    `provenance.json` listed inline (kept so older run directories still report their history)."""
-    legacy: list[dict] = []
-    inv_dir = Path(run_dir) / "invocations"
-    if not inv_dir.is_dir():
-        try:
-            legacy = json.loads((Path(run_dir) / "provenance.json").read_text()).get("invocations", [])
-        except (OSError, ValueError):
-            legacy = []
-    out = []
-    for path in sorted(inv_dir.glob("*.json")) if inv_dir.is_dir() else []:
-        try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, ValueError) as e:
-            log.warning("skipping unreadable invocation file %s (%s)", path, e)
-    return sorted(legacy + out, key=lambda inv: str(inv.get("start")))
-
-
-def merged_metric_info(run_dir: Path) -> dict:
-    """Metric descriptions of a run from `metric_info/<name>.json` (over an older `metrics.json`)."""
-    merged: dict = {}
-    try:
-        merged.update(json.loads((Path(run_dir) / "metrics.json").read_text()))
-    except (OSError, ValueError):
-        pass
-    for path in sorted((Path(run_dir) / "metric_info").glob("*.json")):
-        try:
-            merged[path.stem] = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            log.warning("skipping unreadable metric description %s (%s)", path, e)
-    return merged
-
-
-@dataclass
-class RunSummary:
-    run_dir: Path
-    provenance: dict
-    metric_info: dict
-    records: list[dict]
-    set_metrics: dict  # name -> {"value", "n", ...} from summary.json (FID-like metrics of the whole run)
-
-
-def load_run(run_dir: Path) -> RunSummary | None:
-    try:
-        prov = json.loads((run_dir / "provenance.json").read_text())
-    except (OSError, ValueError) as e:
-        log.warning("skipping %s: unreadable provenance.json (%s)", run_dir, e)
-        return None
-    # Shards write per-invocation and per-metric files; these merged views never lose one to a race.
-    prov["invocations"] = read_invocations(run_dir)
-    metric_info = merged_metric_info(run_dir)
-    summary_path = run_dir / "summary.json"
-    set_metrics = json.loads(summary_path.read_text()).get("set_metrics", {}) if summary_path.is_file() else {}
-    records = []
-    for path in sorted((run_dir / "records").glob("*.json")):
-        try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, ValueError) as e:
-            log.warning("skipping unreadable record %s (%s)", path, e)
-    return RunSummary(run_dir, prov, metric_info, records, set_metrics)
-
-
-def find_runs(runs_root: Path) -> list[RunSummary]:
-    runs = (load_run(p.parent) for p in sorted(Path(runs_root).rglob("provenance.json")))
-    return [r for r in runs if r is not None]
-
-
-def unique_records(run: RunSummary) -> tuple[list[dict], int]:
-    """One record per sample id, and how many record files repeated an id already seen.
-
-    Records are one file per sample, so shards writing into one run directory cannot duplicate a
-    sample; a duplicate means a hand-copied or renamed file. It is counted (`n_duplicated`), warned
-    about, and only the first file (in path order) enters the statistics.
-    """
-    seen: dict[str, dict] = {}
-    duplicated = 0
-    for record in run.records:
-        sample_id = record.get("sample_id")
-        if sample_id in seen:
-            duplicated += 1
-            log.warning("%s: sample %r has more than one record file; counting it once", run.run_dir, sample_id)
-            continue
-        seen[sample_id] = record
-    return list(seen.values()), duplicated
-
-
 def summarise(run: RunSummary) -> dict:
     prov = run.provenance
     git = prov.get("git") or {}
     commit = git.get("commit") or "unknown"
     if git.get("dirty"):
         commit += "+dirty"
-    records, n_duplicated = unique_records(run)
+    records, n_duplicated = run.unique_records()
     ok = [r for r in records if r.get("status") == "ok"]
     n_expected = (prov.get("data") or {}).get("n_samples", len(records))
     row = {
@@ -205,17 +115,23 @@ def summarise(run: RunSummary) -> dict:
     return row
 
 
-def build_table(runs_root: Path) -> tuple[pd.DataFrame, dict]:
-    """The leaderboard DataFrame and the metric descriptions (direction, comparison) it uses."""
-    runs = find_runs(runs_root)
-    rows = [summarise(run) for run in runs]
+def runs_table(runs: list[RunSummary]) -> tuple[pd.DataFrame, dict]:
+    """The leaderboard rows of `runs` in leaderboard order (`KEY_COLUMNS`), each indexed by its run's
+    position in `runs`, and the metric descriptions (direction, comparison) they use."""
     metric_info: dict = {}
     for run in runs:
         metric_info.update(run.metric_info)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame([summarise(run) for run in runs])
     if not table.empty:
-        table = table.sort_values(KEY_COLUMNS, kind="stable").reset_index(drop=True)
+        table = table.sort_values(KEY_COLUMNS, kind="stable")
     return table, metric_info
+
+
+def build_table(runs_root: Path) -> tuple[pd.DataFrame, dict]:
+    """The leaderboard DataFrame of every run under `runs_root` (indexed 0..n-1 in leaderboard order)
+    and the metric descriptions it uses."""
+    table, metric_info = runs_table(find_runs(runs_root))
+    return table.reset_index(drop=True), metric_info
 
 
 def _format(value: float) -> str:

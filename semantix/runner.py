@@ -50,17 +50,11 @@ from semantix.io import (
     remove_stale_temporaries,
     stable_hash,
 )
-from semantix.leaderboard import merged_metric_info, read_invocations
 from semantix.methods.base import Method
-from semantix.store import RunStore, StoredFileError
+from semantix.store import RunStore, StoredFileError, run_identity
 from semantix.types import MethodOutput, Sample
 
 log = logging.getLogger(__name__)
-
-# Keys that choose where, how fast or how much of a run executes, not what it computes: not part of its identity
-# (so `dataset.limit=2` followed by the full run resumes into the same directory).
-_NOT_IDENTITY = {"backbone": ("device", "channels_last", "compile_unet"), "dataset": ("limit",)}
-
 
 @dataclass
 class MethodRun:
@@ -69,7 +63,7 @@ class MethodRun:
     label: str
     method: Method
     store: RunStore
-    config_hash: str
+    identity: dict  # what determines its outputs (`semantix.store.run_identity`)
     ok: int = 0
     failed: int = 0
     skipped: int = 0
@@ -83,6 +77,11 @@ class MethodRun:
     @property
     def run_dir(self) -> Path:
         return self.store.run_dir
+
+    @property
+    def config_hash(self) -> str:
+        """The hash of its identity, which names its run directory."""
+        return stable_hash(self.identity)
 
 
 @dataclass
@@ -132,18 +131,11 @@ def _container(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def run_identity(cfg: DictConfig, label: str) -> dict:
-    """Everything that determines a method's outputs; its hash names the run directory."""
-    identity = {"method": _container(cfg.method[label]), "seed": cfg.seed}
-    for group in ("backbone", "dataset"):
-        identity[group] = {k: v for k, v in _container(cfg[group]).items() if k not in _NOT_IDENTITY[group]}
-    return identity
-
-
-def run_directory(cfg: DictConfig, labels: RunLabels, label: str) -> tuple[Path, str]:
-    config_hash = stable_hash(run_identity(cfg, label))
+def run_directory(cfg: DictConfig, labels: RunLabels, label: str) -> tuple[Path, dict]:
+    """Method `label`'s run directory, named by the hash of its identity, and that identity."""
+    identity = run_identity(cfg, label)
     root = Path(cfg.paths.results_dir) / "runs"
-    return root / labels.experiment / labels.dataset / labels.backbone / f"{label}-{config_hash}", config_hash
+    return root / labels.experiment / labels.dataset / labels.backbone / f"{label}-{stable_hash(identity)}", identity
 
 
 def _check_output(output: Any, sample: Sample) -> torch.Tensor:
@@ -211,8 +203,8 @@ class Runner:
                     f"method {label!r} has no _target_: values were set for a method that no conf/method "
                     f"file selects (an experiment or override setting method.{label}.* without selecting it?)"
                 )
-            run_dir, config_hash = run_directory(cfg, labels, label)
-            self.runs.append(MethodRun(label, instantiate(mcfg), RunStore(run_dir), config_hash))
+            run_dir, identity = run_directory(cfg, labels, label)
+            self.runs.append(MethodRun(label, instantiate(mcfg), RunStore(run_dir), identity))
         self.backbone = None
         # sample id -> the sha256 of its input files as the manifest now gives them (see _inputs_changed)
         self._expected_inputs: dict[str, dict | None] = {}
@@ -242,15 +234,13 @@ class Runner:
         store = run.store
         store.remove_stale_temporaries()  # of writes killed in an earlier invocation
         run_config = self._run_config(run.label)
-        store.write_text("config.yaml", OmegaConf.to_yaml(run_config, resolve=True))
-        # One file per metric (no read-modify-write of a shared file); metrics.json is their merge.
-        for name, metric in {**self.metrics, **self.set_metrics}.items():
-            store.write_json(f"metric_info/{name}.json", {
-                **metric.describe(),
-                "config": _container(self.cfg.metrics[name]),
-                "config_hash": self.metric_hashes[name],
-            })
-        store.write_json("metrics.json", merged_metric_info(store.run_dir))
+        store.write_config(run_config)
+        store.write_identity(run.identity)
+        store.write_metric_info({
+            name: {**metric.describe(), "config": _container(self.cfg.metrics[name]),
+                   "config_hash": self.metric_hashes[name]}
+            for name, metric in {**self.metrics, **self.set_metrics}.items()
+        })
         uses_backbone = run.method.uses_backbone
         # Invocation-independent facts only: every shard writes the same content (last writer wins).
         prov = {
@@ -275,17 +265,13 @@ class Runner:
             "overrides": list(self.labels.overrides),
             "manifest_sha256": self.dataset.provenance().get("manifest_sha256"),
         }
-        inv_dir = store.run_dir / "invocations"
-        if not inv_dir.is_dir():  # a run directory from before sharding: move its inline history out
-            for i, old in enumerate(store.read_json("provenance.json").get("invocations", [])):
-                store.write_json(f"invocations/legacy-{i:04d}.json", old)
         self._write_invocation(run)
-        store.write_json("provenance.json", {**prov, "invocations": read_invocations(store.run_dir)})
+        store.write_provenance(prov)
         if self.logger is not None:
             self.logger.start_run(run.label, store.run_dir, OmegaConf.to_container(run_config))
 
     def _write_invocation(self, run: MethodRun) -> None:
-        run.store.write_json(f"invocations/{self.invocation_name}.json", self._invocation[run.label])
+        run.store.write_invocation(self.invocation_name, self._invocation[run.label])
 
     def _data_provenance(self, store: RunStore) -> dict:
         """The dataset's provenance for provenance.json, claiming a new manifest only once the records are.
@@ -297,7 +283,7 @@ class Runner:
         """
         data = {**self.dataset.provenance(), "n_manifest": self._n_manifest()}
         current = data.get("manifest_sha256")
-        previous = store.read_json("provenance.json").get("data") or {}
+        previous = store.provenance().get("data") or {}
         earlier = previous.get("manifest_sha256")
         if earlier is not None and current is not None and (earlier != current or "manifest_sha256_pending" in previous):
             data = {**data, "manifest_sha256": earlier, "manifest_sha256_pending": current}
@@ -305,7 +291,7 @@ class Runner:
 
     def _settle_data_provenance(self, run: MethodRun) -> None:
         """Claim the current manifest in provenance.json once no ok record of the run comes from other inputs."""
-        prov = run.store.read_json("provenance.json")
+        prov = run.store.provenance()
         data = prov.get("data") or {}
         if "manifest_sha256_pending" not in data:
             return
@@ -319,7 +305,7 @@ class Runner:
             return
         data["manifest_sha256"] = data.pop("manifest_sha256_pending")
         prov["data"] = data
-        run.store.write_json("provenance.json", prov)
+        run.store.write_provenance(prov)
 
     def _run_config(self, label: str) -> DictConfig:
         """The job config narrowed to this run's method."""
@@ -588,13 +574,13 @@ class Runner:
                        "first frames only): use a video preset (metrics=video)")
             run.errors.append(message)
             log.warning("%s: %s", run.label, message)
-            summary = run.store.read_json("summary.json")
+            summary = run.store.summary()
             summary["set_metrics"] = {name: {"error": message, "config_hash": self.metric_hashes[name]}
                                       for name in self.set_metrics}
-            run.store.write_json("summary.json", summary)
+            run.store.write_summary(summary)
             return
         records_hash = stable_hash([(r["sample_id"], r["image_sha256"]) for r in ok])
-        summary = run.store.read_json("summary.json")
+        summary = run.store.summary()
         stored = summary.get("set_metrics", {})
         for name, metric in self.set_metrics.items():
             previous = stored.get(name, {})
@@ -614,7 +600,7 @@ class Runner:
             stored[name] = {"value": value, "n": len(ok), **details, **self._set_metric_n(len(ok), details),
                             "records_hash": records_hash, "config_hash": self.metric_hashes[name]}
         summary["set_metrics"] = stored
-        run.store.write_json("summary.json", summary)
+        run.store.write_summary(summary)
 
     def _n_manifest(self) -> int:
         """Samples in the whole manifest, before `dataset.limit` (what a complete run covers)."""
@@ -649,9 +635,7 @@ class Runner:
                  "redone_damaged": run.redone_damaged}
             )
             self._write_invocation(run)
-            prov = run.store.read_json("provenance.json")
-            prov["invocations"] = read_invocations(run.store.run_dir)
-            run.store.write_json("provenance.json", prov)
+            run.store.write_provenance(run.store.provenance())
             self._settle_data_provenance(run)
             records = run.store.records()
             self._warn_if_guidance_inert(run, records)

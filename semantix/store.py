@@ -1,10 +1,16 @@
-"""Run directories: per-sample records, resume, provenance (file writes through `semantix.io`).
+"""Run directories, written and read back: the one module that knows their files (writes go
+through `semantix.io`). The runner writes through `RunStore`; the leaderboard and the report read
+through `load_run` / `find_runs`.
 
 Layout of one run directory (one per experiment x dataset x backbone x method config)::
 
     config.yaml          the resolved config of this run
-    provenance.json      code, versions, device, seeds, inputs, weights, one entry per invocation
-    metrics.json         each metric's config hash and description (direction, comparison, range)
+    identity.json        what determines its outputs (`run_identity`; its hash names the directory)
+    provenance.json      code, versions, device, seeds, inputs, weights; "invocations" merged from invocations/
+    invocations/<start>-<host>-<pid>-shard<i>of<n>.json   one file per invocation (shards never share one)
+    metric_info/<metric>.json  each metric's config, config hash and description (direction, comparison, range)
+    metrics.json         the merge of metric_info/
+    summary.json         set-level metric values (FID-like: one per run), with their N and hashes
     records/<name>.json  one record per sample: status ok/failed, error, timings, metric values
     images/<name>.png    the output image (8-bit; metrics are computed on exactly these pixels)
     videos/<name>/000.png  an output video's frames, lossless 8-bit (metrics read these)
@@ -26,13 +32,14 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from semantix.data.video import check_frames, write_gif, write_mp4
 from semantix.io import (
@@ -312,20 +319,173 @@ class RunStore:
             raise StoredFileError(f"a video frame of {record['sample_id']!r} cannot be decoded ({e})") from e
 
     # -- run-level files -----------------------------------------------------------------------
-    def read_json(self, name: str) -> dict:
+    def _read_json(self, name: str) -> dict | None:
+        """A run-level JSON object; None when absent, or (with a warning) unreadable or not an object."""
         path = self.run_dir / name
-        if not path.is_file():
-            return {}
         try:
-            return json.loads(path.read_text())
+            value = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
         except (OSError, ValueError) as e:
-            log.warning("unreadable %s (%s): starting it afresh", path, e)
-            return {}
+            log.warning("unreadable %s (%s)", path, e)
+            return None
+        if not isinstance(value, dict):
+            log.warning("unreadable %s (not a JSON object)", path)
+            return None
+        return value
 
-    def write_json(self, name: str, obj: Any) -> None:
-        """Write `name` (a path relative to the run directory) atomically."""
+    def _write_json(self, name: str, obj: Any) -> None:
         with self._writing():
             atomic_write_json(self.run_dir / name, obj)
 
-    def write_text(self, name: str, text: str) -> None:
-        self._write_bytes(name, text.encode())
+    def write_config(self, config: DictConfig) -> None:
+        """config.yaml: the run's resolved config (the job's, narrowed to this run's method)."""
+        self._write_bytes("config.yaml", OmegaConf.to_yaml(config, resolve=True).encode())
+
+    def config(self) -> dict:
+        """The run's config.yaml as plain data; {} when absent or (with a warning) unreadable."""
+        path = self.run_dir / "config.yaml"
+        if not path.is_file():
+            return {}
+        try:
+            config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        except Exception as e:  # noqa: BLE001 - any parse error: a damaged file
+            log.warning("unreadable %s (%s)", path, e)
+            return {}
+        return config if isinstance(config, dict) else {}
+
+    def write_identity(self, identity: dict) -> None:
+        """identity.json: what determines the run's outputs (`run_identity`; its hash names the directory)."""
+        self._write_json("identity.json", identity)
+
+    def identity(self) -> dict:
+        """What determines the run's outputs, the dict whose `stable_hash` names the run directory.
+
+        identity.json as the runner wrote it; a run written before identity.json existed gets it
+        recomputed from its config.yaml by `run_identity`; {} when neither file is readable.
+        """
+        stored = self._read_json("identity.json")
+        if stored is not None:
+            return stored
+        config = self.config()
+        methods = config.get("method")
+        if not isinstance(methods, dict) or len(methods) != 1:
+            return {}
+        try:
+            return run_identity(config, next(iter(methods)))
+        except (KeyError, TypeError, AttributeError) as e:
+            log.warning("%s: no identity.json and config.yaml lacks part of the run identity (%s)", self.run_dir, e)
+            return {}
+
+    def write_metric_info(self, infos: dict[str, dict]) -> None:
+        """Each metric's description, one metric_info/<name>.json per metric (no read-modify-write of a
+        shared file, so concurrent shards never lose one), then metrics.json, their merge."""
+        for name, info in infos.items():
+            self._write_json(f"metric_info/{name}.json", info)
+        self._write_json("metrics.json", self.metric_info())
+
+    def metric_info(self) -> dict:
+        """Metric descriptions: metric_info/<name>.json over metrics.json (all a run written before
+        metric_info/ existed has)."""
+        merged = self._read_json("metrics.json") or {}
+        for path in sorted((self.run_dir / "metric_info").glob("*.json")):
+            info = self._read_json(f"metric_info/{path.name}")
+            if info is not None:
+                merged[path.stem] = info
+        return merged
+
+    def write_invocation(self, name: str, invocation: dict) -> None:
+        """invocations/<name>.json: one invocation's shard, times and counts (`name` unique per invocation)."""
+        self._write_json(f"invocations/{name}.json", invocation)
+
+    def invocations(self) -> list[dict]:
+        """Every invocation of the run, oldest first."""
+        found = (self._read_json(f"invocations/{path.name}")
+                 for path in sorted((self.run_dir / "invocations").glob("*.json")))
+        return sorted((inv for inv in found if inv is not None), key=lambda inv: str(inv.get("start")))
+
+    def write_provenance(self, provenance: dict) -> None:
+        """provenance.json: `provenance` with "invocations" set to every invocation file's content."""
+        self._write_json("provenance.json", {**provenance, "invocations": self.invocations()})
+
+    def provenance(self) -> dict:
+        """provenance.json; {} when absent or (with a warning) unreadable."""
+        return self._read_json("provenance.json") or {}
+
+    def write_summary(self, summary: dict) -> None:
+        """summary.json: the set-level metrics of the run ("set_metrics": name -> value, N, hashes)."""
+        self._write_json("summary.json", summary)
+
+    def summary(self) -> dict:
+        """summary.json; {} when absent or (with a warning) unreadable."""
+        return self._read_json("summary.json") or {}
+
+
+# -- run identity ----------------------------------------------------------------------------------
+# Keys that choose where, how fast or how much of a run executes, not what it computes: not part of its
+# identity (so `dataset.limit=2` followed by the full run resumes into the same directory).
+NOT_IDENTITY = {"backbone": ("device", "channels_last", "compile_unet"), "dataset": ("limit",)}
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def run_identity(config: Mapping, label: str) -> dict:
+    """Everything in a config that determines method `label`'s outputs: its method section, the seed,
+    and the backbone and dataset sections less `NOT_IDENTITY`. `config` is the job's config or a run's
+    config.yaml; `semantix.io.stable_hash` of the result names the run directory."""
+    identity = {"method": _plain(config["method"][label]), "seed": config["seed"]}
+    for group, excluded in NOT_IDENTITY.items():
+        identity[group] = {k: v for k, v in _plain(config[group]).items() if k not in excluded}
+    return identity
+
+
+# -- reading runs back -----------------------------------------------------------------------------
+@dataclass
+class RunSummary:
+    """What a finished (or partial) run directory holds, read back for the leaderboard and the report."""
+
+    run_dir: Path
+    provenance: dict  # provenance.json, "invocations" merged from invocations/
+    metric_info: dict  # metric name -> description (`RunStore.metric_info`)
+    records: list[dict]  # every readable record file (a hand-copied file may repeat a sample id)
+    set_metrics: dict  # name -> {"value", "n", ...} from summary.json (FID-like metrics of the whole run)
+    identity: dict  # `RunStore.identity`: what determines the outputs (diff it to find swept parameters)
+
+    def unique_records(self) -> tuple[list[dict], int]:
+        """One record per sample id, and how many record files repeated an id already seen.
+
+        Records are one file per sample, so shards writing into one run directory cannot duplicate a
+        sample; a duplicate means a hand-copied or renamed file. It is counted, warned about, and only
+        the first file (in path order) is kept.
+        """
+        seen: dict[str, dict] = {}
+        duplicated = 0
+        for record in self.records:
+            sample_id = record.get("sample_id")
+            if sample_id in seen:
+                duplicated += 1
+                log.warning("%s: sample %r has more than one record file; counting it once", self.run_dir, sample_id)
+                continue
+            seen[sample_id] = record
+        return list(seen.values()), duplicated
+
+
+def load_run(run_dir: Path) -> RunSummary | None:
+    """A run directory read back; None (with a warning) when its provenance.json is unreadable."""
+    store = RunStore(run_dir)
+    provenance = store._read_json("provenance.json")
+    if provenance is None:
+        log.warning("skipping %s: no readable provenance.json", run_dir)
+        return None
+    # Shards write per-invocation and per-metric files; these merged views never lose one to a race.
+    provenance["invocations"] = store.invocations()
+    return RunSummary(store.run_dir, provenance, store.metric_info(), store.records(),
+                      store.summary().get("set_metrics", {}), store.identity())
+
+
+def find_runs(runs_root: Path) -> list[RunSummary]:
+    """Every readable run directory under `runs_root` (a folder holding provenance.json), in path order."""
+    runs = (load_run(path.parent) for path in sorted(Path(runs_root).rglob("provenance.json")))
+    return [run for run in runs if run is not None]

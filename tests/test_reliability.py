@@ -159,9 +159,9 @@ def test_leaderboard_never_averages_values_of_different_metric_configs(small_dat
     record["metrics"]["colour_histogram"] = 999.0
     record["metric_config"]["colour_histogram"] = "0ldc0nf1ghash"
     store.write_record(record)
-    summary = store.read_json("summary.json")
+    summary = store.summary()
     summary["set_metrics"] = {"colour_histogram": {"value": 5.0, "n": 4, "config_hash": "0ldc0nf1ghash"}}
-    store.write_json("summary.json", summary)
+    store.write_summary(summary)
     table, info = build_table(tmp_path / "r" / "runs")
     row = table.iloc[0]
     values = [r["metrics"]["colour_histogram"] for sid, r in _records(run).items() if sid != IDS[0]]

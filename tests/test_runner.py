@@ -8,7 +8,8 @@ import plugins_for_tests
 import pytest
 from harness import comparable, manifest_overrides, run_job
 
-from semantix.store import RunStore
+from semantix.io import stable_hash
+from semantix.store import RunStore, load_run
 
 SLOW = "+method.slow={_target_: plugins_for_tests.SlowNoisyIdentity, delay_s: 0.0}"
 
@@ -63,6 +64,26 @@ def test_resume_after_partial_run_equals_uninterrupted(small_dataset, tmp_path):
     as_resumed = sorted(map(comparable, RunStore(resumed.run_dir).records()), key=lambda r: r["sample_id"])
     as_whole = sorted(map(comparable, RunStore(whole.run_dir).records()), key=lambda r: r["sample_id"])
     assert as_resumed == as_whole
+
+
+def test_run_identity_is_stored_and_recomputed_for_runs_written_without_it(small_dataset, tmp_path):
+    """identity.json holds the dict whose hash names the run directory, without what only chooses
+    where, how fast or how much of the run executes; a run written before identity.json existed
+    gets the same dict back from its config.yaml."""
+    where_and_how_much = ["dataset.limit=3", "shard.count=2", "shard.index=1", "backbone.channels_last=true",
+                          "backbone.compile_unet=true", "backbone.device=cpu"]
+    run = run_job([*manifest_overrides(small_dataset), "method=reinhard", *where_and_how_much], tmp_path / "r").runs[0]
+    stored = load_run(run.run_dir).identity
+    assert run.run_dir.name == f"reinhard-{stable_hash(stored)}"
+    assert set(stored) == {"method", "seed", "backbone", "dataset"}
+    assert stored["method"]["name"] == "reinhard" and stored["seed"] == 0
+    assert stored["backbone"]["name"] == "tiny" and stored["dataset"]["manifest"] == str(small_dataset)
+    assert not {"device", "channels_last", "compile_unet"} & set(stored["backbone"])
+    assert "limit" not in stored["dataset"]
+    plain = run_job([*manifest_overrides(small_dataset), "method=reinhard"], tmp_path / "r").runs[0]
+    assert plain.run_dir == run.run_dir
+    (run.run_dir / "identity.json").unlink()
+    assert RunStore(run.run_dir).identity() == stored
 
 
 def test_torn_record_is_redone(small_dataset, tmp_path):
