@@ -65,3 +65,139 @@ def test_config_dir_is_the_checkout_conf():
     folder = runtime.config_dir()
     assert (folder / "config.yaml").is_file() and folder.name == "conf"
     assert folder.parent == runtime.Path(runtime.__file__).resolve().parents[1]
+
+
+# --- the weights of a job ---------------------------------------------------------------------------
+
+import hashlib  # noqa: E402
+import http.server  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from semantix.config import compose_job  # noqa: E402
+from semantix.types import WeightsNotFoundError  # noqa: E402
+from semantix.weights import WeightFile, ensure_job_weights, fetch, job_weights, verify  # noqa: E402
+
+IMAGE_STYLE_SD15 = ["metrics=image_style", "backbone=sd15", "method=stylegallery"]
+
+
+@pytest.fixture
+def empty_caches(tmp_path, monkeypatch):
+    """Empty Hugging Face and torch hub caches of this test."""
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path
+
+
+def _hub_cache_file(cache: Path, repo: str, filename: str, content: bytes, commit: str = "c" * 40) -> Path:
+    """A file laid out as huggingface_hub caches it: blobs named by the hub's hash, snapshots linking to them."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    blob = folder / "blobs" / hashlib.sha256(content).hexdigest()
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(content)
+    link = folder / "snapshots" / commit / filename
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(blob)
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    return link
+
+
+def test_list_names_every_file_of_a_job_at_once(empty_caches):
+    cfg, _ = compose_job(IMAGE_STYLE_SD15)
+    files = job_weights(cfg)
+    settings = {file.setting for file in files}
+    assert settings == {
+        "backbone.pretrained", "metrics.artfid.inception_weights", "metrics.artfid.lpips_weights",
+        "metrics.fid.weights", "metrics.lpips.weights", "metrics.cfsd.weights", "metrics.fid_imagenet.weights",
+        "metrics.clip_style.weights", "metrics.clip_content.weights", "metrics.gram.weights",
+        "method.stylegallery.depth_model", "method.stylegallery.dinov2_weights",
+    }
+    assert all(file.found is None for file in files)
+    names = {file.locations[0].name for file in files}
+    assert {"alexnet-owt-7be5be79.pth", "vgg19-dcbb9e9d.pth", "weights-inception-2015-12-05-6726825d.pth",
+            "art_inception.pth", "open_clip_model.safetensors", "diffusion_pytorch_model.safetensors"} <= names
+    assert job_weights(compose_job(["metrics=tiny", "backbone=tiny"])[0]) == []  # random weights: none
+
+
+def test_offline_one_error_lists_every_missing_file(empty_caches, monkeypatch):
+    monkeypatch.setenv("SEMANTIX_OFFLINE", "1")
+    cfg, _ = compose_job(IMAGE_STYLE_SD15)
+    with pytest.raises(WeightsNotFoundError) as info:
+        ensure_job_weights(cfg)
+    message = str(info.value)
+    assert message.startswith(f"{len(job_weights(cfg))} weight file(s) of this job are missing")
+    for setting in ("backbone.pretrained", "metrics.gram.weights", "metrics.clip_style.weights",
+                    "metrics.fid_imagenet.weights", "method.stylegallery.depth_model"):
+        assert f"  - {setting}: " in message
+    assert "copy it to " + str(empty_caches / "torch" / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth") in message
+
+
+def test_cached_hub_files_are_found_and_verified_by_the_hubs_hash(empty_caches):
+    cache = empty_caches / "hf"
+    _hub_cache_file(cache, "facebook/dinov2-base", "config.json", b'{"model_type": "dinov2"}')
+    weights = _hub_cache_file(cache, "facebook/dinov2-base", "model.safetensors", b"not really weights")
+    cfg, _ = compose_job(["method=stylegallery", "method.stylegallery.depth_model=random"])
+    files = {file.locations[0].name: file for file in job_weights(cfg)}
+    assert set(files) == {"config.json", "model.safetensors"}
+    assert files["model.safetensors"].found == weights
+    assert verify(files["model.safetensors"])[0] is True
+    weights.resolve().write_bytes(b"corrupted")  # the blob no longer has the hash it is named by
+    assert verify(files["model.safetensors"])[0] is False
+
+
+def test_a_file_by_path_is_checked_by_its_key_layout(tmp_path):
+    import torchvision
+
+    from semantix.metrics.weights import seeded
+
+    good, bad = tmp_path / "alexnet.pth", tmp_path / "vgg.pth"
+    torch.save(seeded(torchvision.models.alexnet).state_dict(), good)
+    torch.save({"features.0.weight": torch.zeros(2, 3, 3, 3)}, bad)
+    for path, expected in ((good, True), (bad, False)):
+        file = WeightFile("metrics.lpips.weights", "AlexNet", (path,), architecture="torchvision.models.alexnet")
+        assert verify(file)[0] is expected
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # quiet
+        pass
+
+
+def test_fetch_downloads_through_torch_hub_and_checks_the_published_prefix(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    content = b"weights published with their hash prefix"
+    prefix = hashlib.sha256(content).hexdigest()[:8]
+    (served / f"net-{prefix}.pth").write_bytes(content)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: _Files(*a, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/net-{prefix}.pth"
+        target = tmp_path / "checkpoints" / f"net-{prefix}.pth"
+        file = WeightFile("metrics.x.weights", "a net", (target,), url=url, sha256_prefix=prefix)
+        assert fetch(file) == target and target.read_bytes() == content
+        assert verify(file)[0] is True
+        wrong = WeightFile("metrics.x.weights", "a net", (tmp_path / "other.pth",), url=url, sha256_prefix="00000000")
+        with pytest.raises(RuntimeError, match="invalid hash value"):
+            fetch(wrong)
+    finally:
+        server.shutdown()
+
+
+def test_semantix_weights_command_lists_and_fetch_says_what_to_copy_offline(empty_caches):
+    env = {**dict(__import__("os").environ), "SEMANTIX_OFFLINE": "1", "TORCH_HOME": str(empty_caches / "torch"),
+           "HF_HUB_CACHE": str(empty_caches / "hf")}
+    command = [sys.executable, "-c", "from semantix.weights.cli import main; main()"]
+    listed = subprocess.run([*command, "list", "metrics=image_style", "backbone=sd15"], env=env,
+                            capture_output=True, text=True, check=True)
+    assert "18 file(s), 18 missing" in listed.stdout  # 9 SD1.5 files + 9 metric settings
+    fetched = subprocess.run([*command, "fetch", "metrics=image_style"], env=env, capture_output=True, text=True)
+    assert fetched.returncode == 1
+    assert "to do    metrics.gram.weights: download https://download.pytorch.org/models/vgg19-dcbb9e9d.pth" \
+        in fetched.stdout
+    assert "0 fetched, 9 still missing (offline" in fetched.stdout

@@ -65,6 +65,9 @@ def test_wheel_installs_and_runs_the_demo(tmp_path):
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+    weights = subprocess.run([str(installed / "bin" / "semantix-weights"), "list", "metrics=image_style"],
+                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert weights.returncode == 0 and "metrics.gram.weights" in weights.stdout, weights.stdout + weights.stderr
     table = pd.read_csv(results / "leaderboard.csv")
     assert list(table["method"]) == ["identity"] and list(table["n"]) == [1] and list(table["n_failed"]) == [0]
     assert table["ssim_grey_mean"].iloc[0] == 1.0  # identity keeps the structure exactly: a real score

@@ -106,7 +106,7 @@ class CLIPEmbedder:
         return self.model.encode_text(tokens, normalize=True)[0].float().cpu()
 
 
-def _tag_hub_files(tag_cfg: dict) -> list[tuple[str, str]]:
+def tag_hub_files(tag_cfg: dict) -> list[tuple[str, str]]:
     """(repo, file) pairs in the order open_clip's `download_pretrained` tries them (every
     pretrained tag of open_clip 3.3 names a Hugging Face file)."""
     from open_clip.constants import HF_WEIGHTS_NAME
@@ -123,7 +123,7 @@ def _tag_source(model: str, tag: str, tag_cfg: dict, config_key: str) -> str:
     at all), else the tag itself when downloads are allowed; offline and absent, a clear error."""
     from huggingface_hub import constants, try_to_load_from_cache
 
-    files = _tag_hub_files(tag_cfg)
+    files = tag_hub_files(tag_cfg)
     for repo_id, filename in files:
         path = try_to_load_from_cache(repo_id, filename)
         if isinstance(path, str):  # otherwise None (not cached) or a "known not to exist" marker

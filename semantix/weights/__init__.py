@@ -1,0 +1,301 @@
+"""Every weight file a job needs, where each is looked for, and one policy for getting the missing ones.
+
+`job_weights(cfg)` reads a composed job config (backbone, metrics, methods) and returns one
+`WeightFile` per file: the setting that selects it, where it is looked for (the owning library's
+cache, or the path given), whether it is there, and how it is fetched. The published files and the
+config values that name them are in `known.yaml` (package data).
+
+`ensure_job_weights(cfg)` is the download policy, applied once per job before anything loads: online,
+each missing file is fetched through its owning library (huggingface_hub into the Hugging Face cache,
+torch.hub into torch hub's checkpoints folder) with a log line; offline (`semantix.runtime.offline()`)
+or with the host unreachable, one `WeightsNotFoundError` lists every missing file of the job at once,
+with what to copy where. `semantix-weights` (`semantix.weights.cli`) lists, verifies and fetches the same files.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from semantix.runtime import downloads_allowed, hub_downloads_allowed
+from semantix.types import WeightsNotFoundError
+
+log = logging.getLogger(__name__)
+
+RANDOM = "random"
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+DEFAULT_HUB_FILES: tuple[tuple[str, ...], ...] = (("config.json",), ("model.safetensors", "pytorch_model.bin"))
+WEIGHT_KEYS = ("weights", "inception_weights", "lpips_weights")  # metric settings that name weights
+
+
+@functools.cache
+def known() -> dict[str, Any]:
+    """The registry of published files (`known.yaml`)."""
+    return yaml.safe_load((Path(__file__).parent / "known.yaml").read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file a job needs."""
+
+    setting: str                 # the config key that selects it, e.g. "metrics.lpips.weights"
+    what: str                    # what it is, for people
+    locations: tuple[Path, ...]  # where it is looked for, in order (alternatives)
+    url: str | None = None       # fetched with torch.hub into locations[0]
+    hub_repo: str | None = None  # fetched with huggingface_hub: (hub_repo, hub_file, revision)
+    hub_file: str | None = None
+    revision: str | None = None
+    sha256_prefix: str | None = None  # published with the file (its name carries it)
+    architecture: str | None = None   # torchvision builder whose parameter names the file must have
+
+    @property
+    def found(self) -> Path | None:
+        return next((path for path in self.locations if path.is_file()), None)
+
+    @property
+    def source(self) -> str:
+        if self.hub_repo:
+            return f"{self.hub_repo}/{self.hub_file}" + (f"@{self.revision}" if self.revision else "")
+        return self.url or "a path you set"
+
+
+def _hub_cache_path(repo: str, filename: str, revision: str | None) -> Path:
+    """Where huggingface_hub keeps (or would keep) `filename` of `repo`."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo, filename, revision=revision)
+    if isinstance(cached, str):
+        return Path(cached)
+    folder = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+    return folder / "snapshots" / (revision or "<commit>") / filename
+
+
+def _hub_files(setting: str, what: str, repo: str, files: tuple[tuple[str, ...], ...],
+               revision: str | None = None) -> Iterator[WeightFile]:
+    for alternatives in files:
+        locations = tuple(_hub_cache_path(repo, name, revision) for name in alternatives)
+        found = next((i for i, path in enumerate(locations) if path.is_file()), 0)
+        yield WeightFile(setting, what, locations[found:] + locations[:found], hub_repo=repo,
+                         hub_file=alternatives[found], revision=revision)
+
+
+def _local_files(setting: str, what: str, folder: Path, files: tuple[tuple[str, ...], ...]) -> Iterator[WeightFile]:
+    for alternatives in files:
+        yield WeightFile(setting, what, tuple(folder / name for name in alternatives))
+
+
+def _torch_hub_file(setting: str, name: str) -> WeightFile:
+    import torch
+
+    entry = known()["files"][name]
+    if "hub" in entry:
+        (filename,) = entry["hub_files"]
+        (file,) = _hub_files(setting, entry["what"], entry["hub"], ((filename,),))
+        extra = (Path(torch.hub.get_dir()) / "checkpoints" / filename,)  # where a copy may also sit
+        return WeightFile(**{**file.__dict__, "locations": file.locations + extra})
+    filename = entry["url"].rsplit("/", 1)[-1]
+    return WeightFile(setting, entry["what"], (Path(torch.hub.get_dir()) / "checkpoints" / filename,),
+                      url=entry["url"], sha256_prefix=entry.get("sha256_prefix"),
+                      architecture=entry.get("architecture"))
+
+
+def _value_files(setting: str, what: str, value: str) -> Iterator[WeightFile]:
+    """A weights value that is a path or a hub id (metrics' and methods' generic rule)."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        yield from _local_files(setting, what, path, DEFAULT_HUB_FILES)
+    elif path.is_file() or not HUB_ID.fullmatch(value):
+        yield WeightFile(setting, what, (path,))
+    else:
+        files = tuple(tuple(alts) for alts in known()["hub_repos"].get(value, DEFAULT_HUB_FILES))
+        yield from _hub_files(setting, what, value, files)
+
+
+def _clip_files(setting: str, model: str, tag: str) -> Iterator[WeightFile] | None:
+    import open_clip
+
+    from semantix.metrics.clip import tag_hub_files
+
+    tag_cfg = open_clip.get_pretrained_cfg(model, tag)
+    if not tag_cfg:
+        return None
+    (repo, _), *_ = hub_files = tag_hub_files(tag_cfg)
+    return _hub_files(setting, f"open_clip {model} {tag}", repo, (tuple(name for _, name in hub_files),))
+
+
+def metric_weights(label: str, config: Mapping[str, Any]) -> Iterator[WeightFile]:
+    name = config.get("name", label)
+    for key in WEIGHT_KEYS:
+        value = config.get(key)
+        if not isinstance(value, str) or value == RANDOM:
+            continue
+        setting = f"metrics.{label}.{key}"
+        named = known()["named"].get(f"{name}.{key}", {})
+        if value in named:
+            yield _torch_hub_file(setting, named[value])
+        elif name.startswith("clip_") and (clip := _clip_files(setting, config.get("model"), value)):
+            yield from clip
+        else:
+            yield from _value_files(setting, f"{name} weights", value)
+
+
+def method_weights(prefix: str, config: Any) -> Iterator[WeightFile]:
+    """The weights a method's settings name, wherever they sit in its config (wrappers nest it)."""
+    if not isinstance(config, Mapping):
+        return
+    for key, value in config.items():
+        if key in known()["method_settings"] and isinstance(value, str) and value != RANDOM:
+            yield from _value_files(f"{prefix}.{key}", f"{config.get('name', prefix)} {key}", value)
+        else:
+            yield from method_weights(f"{prefix}.{key}", value)
+
+
+def backbone_weights(config: Mapping[str, Any]) -> Iterator[WeightFile]:
+    from semantix.backbones.animatediff import ADAPTER_FILES
+    from semantix.backbones.sd15 import EXPECTED_FILES
+
+    name = config.get("name")
+    if name not in ("sd15", "animatediff"):
+        return  # tiny backbones and random weights: nothing to load
+    parts = [("backbone.pretrained", "Stable Diffusion 1.5", config["pretrained"], config.get("revision"),
+              EXPECTED_FILES)]
+    if name == "animatediff":
+        parts.append(("backbone.motion_adapter", "AnimateDiff motion adapter", config["motion_adapter"],
+                      config.get("motion_adapter_revision"), ADAPTER_FILES))
+    for setting, what, value, revision, files in parts:
+        path = Path(str(value)).expanduser()
+        if path.is_dir() or path.is_file() or not HUB_ID.fullmatch(str(value)):
+            if path.is_file():  # a single-file checkpoint
+                yield WeightFile(setting, what, (path,))
+            else:
+                yield from _local_files(setting, what, path, files)
+        else:
+            yield from _hub_files(setting, what, str(value), files, revision)
+
+
+def job_weights(cfg: Mapping[str, Any]) -> list[WeightFile]:
+    """Every weight file the composed job `cfg` needs (resolved values), in backbone, metrics, methods order."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    files = list(backbone_weights(cfg.get("backbone") or {}))
+    for label, config in (cfg.get("metrics") or {}).items():
+        files += metric_weights(label, config)
+    for label, config in (cfg.get("method") or {}).items():
+        files += method_weights(f"method.{label}", config)
+    unique = {(f.setting, f.locations): f for f in files}  # a file two settings need is listed under each
+    return list(unique.values())
+
+
+def fetch(file: WeightFile) -> Path:
+    """Download `file` through its owning library (resumable, with its progress bar); returns its path."""
+    if file.hub_repo:
+        from huggingface_hub import hf_hub_download
+
+        log.info("downloading %s into the Hugging Face cache (%s)", file.source, file.setting)
+        return Path(hf_hub_download(file.hub_repo, file.hub_file, revision=file.revision))
+    if file.url:
+        import torch
+
+        target = file.locations[0]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        log.info("downloading %s into %s (%s)", file.url, target.parent, file.setting)
+        torch.hub.download_url_to_file(file.url, str(target), hash_prefix=file.sha256_prefix, progress=True)
+        return target
+    raise WeightsNotFoundError(f"{file.setting}: {file.locations[0]} does not exist (a path: nothing to fetch)")
+
+
+def how_to_get(file: WeightFile) -> str:
+    """What to copy where, for a machine without network."""
+    if file.hub_repo:
+        command = f"huggingface-cli download {file.hub_repo} {file.hub_file}"
+        if file.revision:
+            command += f" --revision {file.revision}"
+        return f"`{command}` on a machine with network, then copy its Hugging Face cache (HF_HOME) here"
+    if file.url:
+        return f"download {file.url} and copy it to {file.locations[0]}"
+    return f"set {file.setting} to an existing file or folder (or {file.setting}=random)"
+
+
+def _can_download(file: WeightFile) -> bool:
+    if file.hub_repo:
+        return hub_downloads_allowed()
+    return file.url is not None and downloads_allowed(file.url)
+
+
+def ensure_job_weights(cfg: Mapping[str, Any]) -> None:
+    """The download policy (module docstring): fetch what is missing, or one error naming all of it."""
+    missing = [file for file in job_weights(cfg) if file.found is None]
+    unobtainable = [file for file in missing if not _can_download(file)]
+    if unobtainable:
+        lines = "\n".join(f"  - {f.setting}: {f.what}, {f.source}\n      looked in: {f.locations[0]}\n"
+                          f"      fix: {how_to_get(f)}" for f in unobtainable)
+        raise WeightsNotFoundError(
+            f"{len(unobtainable)} weight file(s) of this job are missing and cannot be downloaded "
+            f"(SEMANTIX_OFFLINE / HF_HUB_OFFLINE set, the host unreachable, or a path):\n{lines}\n"
+            "`semantix-weights list <overrides>` shows them all; `semantix-weights fetch <overrides>` "
+            "downloads them on a machine with network."
+        )
+    for file in missing:
+        fetch(file)
+
+
+def sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_blob_id(path: Path) -> str:
+    """The id git (and so the hub) gives a small file: sha1 of "blob <size>\\0" + content."""
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def verify(file: WeightFile) -> tuple[bool | None, str]:
+    """Check the found copy of `file` against what is published: (True/False, detail), None when no
+    published hash or architecture applies (only its presence and size are known)."""
+    path = file.found
+    if path is None:
+        return False, "missing"
+    if file.sha256_prefix:
+        digest = sha256(path)
+        return digest.startswith(file.sha256_prefix), f"sha256 {digest[:12]}... (published prefix {file.sha256_prefix})"
+    if path.is_symlink() and "blobs" in path.resolve().parts:  # a Hugging Face cache file: its blob id
+        blob = path.resolve().name
+        digest = sha256(path) if len(blob) == 64 else git_blob_id(path)
+        return digest == blob, f"{'sha256' if len(blob) == 64 else 'git blob id'} {digest[:12]}... (hub {blob[:12]}...)"
+    if file.architecture:
+        return _layout_matches(path, file.architecture, file.setting)
+    return None, "no published hash for a file given by path; present"
+
+
+def _layout_matches(path: Path, architecture: str, setting: str) -> tuple[bool, str]:
+    """Whether the file's tensor names and shapes are those of `architecture` (built on the meta device)."""
+    import importlib
+
+    import torch
+
+    from semantix.checkpoints import load_state_dict_file
+
+    module_name, builder = architecture.rsplit(".", 1)
+    with torch.device("meta"):
+        model = getattr(importlib.import_module(module_name), builder)()
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    state = load_state_dict_file(path, setting)
+    actual = {name: tuple(t.shape) for name, t in state.items()}
+    if actual == expected:
+        return True, f"key layout of {architecture} ({len(expected)} tensors)"
+    wrong = sorted(set(expected) ^ set(actual)) or [k for k in expected if expected[k] != actual[k]]
+    return False, f"not {architecture}'s key layout ({len(wrong)} differ, e.g. {wrong[:3]})"
