@@ -10,7 +10,7 @@ reference(s) and every run's output with its metric values), then bar charts of 
 each metric against each swept parameter and the per-step diagnostics of one sample of every guided
 run. Methods appear in a fixed order (`runs.METHOD_ORDER`, `--order`): the headline method, then
 the baselines, then the classical references. Every table and figure names its backbone (with the
-RANDOM-weights warning) and metric preset. Numbers come from `semantix.leaderboard`; nothing is
+weights warning of a random-weight backbone) and metric preset. Numbers come from `semantix.leaderboard`; nothing is
 re-run or re-scored. The report sits below `semantix.loggers` (which reuses its thumbnails and
 plots) and knows nothing of wandb: `semantix.cli.report` adds the --wandb upload.
 

@@ -78,7 +78,7 @@ def leaderboard_html(runs: list[ReportRun], metric_info: dict) -> str:
     body = []
     for run in runs:
         row = run.row
-        backbone = _e(row["backbone"]) + (' <span class="warn">RANDOM weights</span>' if run.random_weights else "")
+        backbone = _e(row["backbone"]) + (f' <span class="warn">{_e(run.caveat)}</span>' if run.caveat else "")
         warnings = "".join(f'<div class="warn guidance-warning">{_e(f)}</div>' for f in guidance_findings(run))
         out = [f'<td class="pin" data-sort="{_e(run.name)}">{wrappable(run.name)}{warnings}</td>']
         text = {"experiment": _e(row["experiment"]), "dataset": _e(row["dataset"]), "backbone": backbone,
@@ -102,10 +102,10 @@ def leaderboard_html(runs: list[ReportRun], metric_info: dict) -> str:
             out.append(f'<td class="num" data-sort="{_e(_fmt(value))}">{_e(_fmt(value))}</td>')
         out.append(f'<td data-sort="{_e(row["config_hash"])}"><code>{_e(row["config_hash"])}</code></td>')
         out.append(f'<td data-sort="{_e(row["commit"])}"><code>{_e(str(row["commit"])[:12])}</code></td>')
-        css = ' class="random"' if run.random_weights else ""
+        css = ' class="random"' if run.caveat else ""
         body.append(f'<tr data-filterable data-dataset="{_e(row["dataset"])}"{css}>{"".join(out)}</tr>')
-    random = {str(r.row["backbone"]) for r in runs if r.random_weights}
-    backbones = ", ".join(b + (" (RANDOM weights)" if b in random else "")
+    caveats = {str(r.row["backbone"]): r.caveat for r in runs if r.caveat}
+    backbones = ", ".join(b + (f" ({caveats[b]})" if b in caveats else "")
                           for b in sorted({str(r.row["backbone"]) for r in runs}))
     presets = ", ".join(sorted({str(r.row["metrics_preset"]) for r in runs}))
     caption = (f"Backbone(s): {backbones} · metric preset(s): {presets} · values: mean ± half-width of the "
@@ -184,8 +184,9 @@ def section_html(group: list[ReportRun], grid: str, figures: list[Figure], warni
     """One group of runs: its heading and provenance note, warnings, sample grid, then its figures."""
     experiment, dataset, backbone, manifest = group[0].group
     note = describe_rows([r.row for r in group])
-    random = ('<p class="warn">RANDOM weights: these outputs and numbers exercise the code and say '
-              "nothing about quality.</p>" if any(r.random_weights for r in group) else "")
+    caveat = next((r.caveat for r in group if r.caveat), None)
+    random = (f'<p class="warn">{_e(caveat)}: these outputs and numbers exercise the code and say '
+              "nothing about quality.</p>" if caveat else "")
     figures_html = "".join(
         f'<figure><img src="{_e(f.path)}" alt="{_e(f.caption)}" loading="lazy">'
         f"<figcaption>{_e(f.caption)} {_e(note)}</figcaption></figure>" for f in figures)
@@ -208,8 +209,8 @@ def page_html(runs: list[ReportRun], metric_info: dict, runs_root: Path, filters
               sections: list[str], filter_values: dict[str, set[str]]) -> str:
     """The whole page: header, filters (`filter_values`: dataset, domain, style), leaderboard, sections."""
     filter_text = "; ".join(f"{k} in {v}" for k, v in filters.items()) or "none"
-    random_banner = ('<p class="warn">Some runs use a backbone with RANDOM weights (marked below): their '
-                     "numbers test the code, not quality.</p>" if any(r.random_weights for r in runs) else "")
+    random_banner = ('<p class="warn">Some runs use a backbone with RANDOM or partly random weights (marked '
+                     "below): their numbers test the code, not quality.</p>" if any(r.caveat for r in runs) else "")
     return Template(_asset("templates/page.html")).substitute(
         generator=GENERATOR,
         title=f"semantix report: {len(runs)} run(s)",

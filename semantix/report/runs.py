@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from semantix.leaderboard import runs_table
+from semantix.leaderboard import NOT_A_QUALITY_RESULT, is_quality_result, runs_table
 from semantix.store import RunSummary, find_runs
 
 FILTER_KEYS = ("experiment", "dataset", "method", "backbone", "weights", "metrics_preset", "config_hash", "commit")
@@ -60,8 +60,11 @@ class ReportRun:
                 str(self.data.get("manifest", "")))
 
     @property
-    def random_weights(self) -> bool:
-        return str(self.row["weights"]).startswith("RANDOM")
+    def caveat(self) -> str | None:
+        """Why the run's numbers are no quality result: its weights label less that verdict ("RANDOM
+        weights", "tiny: trained 64 px VAE, random UNet"); None for a quality result."""
+        weights = str(self.row["weights"])
+        return None if is_quality_result(weights) else weights.removesuffix(NOT_A_QUALITY_RESULT).rstrip(": ")
 
 
 def parse_filters(items: list[str]) -> dict[str, list[str]]:
@@ -209,8 +212,9 @@ def describe_rows(rows: list[dict]) -> str:
     """Experiment, dataset, backbone (with the weights warning) and metric preset(s) of leaderboard rows."""
     first = rows[0]
     backbone = str(first["backbone"])
-    if any(str(r["weights"]).startswith("RANDOM") for r in rows):
-        backbone += " (RANDOM weights: not a quality result)"
+    labels = sorted({str(r["weights"]) for r in rows if not is_quality_result(r["weights"])})
+    if labels:
+        backbone += f" ({'; '.join(labels)})"
     presets = ", ".join(sorted({str(r["metrics_preset"]) for r in rows}))
     return (f"experiment {first['experiment']} · dataset {first['dataset']} · "
             f"backbone {backbone} · metrics {presets}")
