@@ -43,6 +43,7 @@ import torch
 
 from semantix import provenance
 from semantix.io import atomic_write_json
+from semantix.metrics.base import SetMetric
 from semantix.registry import METRICS
 from semantix.types import Sample
 
@@ -160,7 +161,7 @@ def bench_metric(name: str, sizes: list[int], samples: int, repeats: int, device
     except (ImportError, AttributeError) as e:
         return {"status": "skipped", "reason": f"not importable: {type(e).__name__}: {e}"}
     kwargs = random_kwargs(cls, str(device))
-    set_level = bool(getattr(cls, "set_level", False))
+    set_level = issubclass(cls, SetMetric)
     entry = {"class": f"{cls.__module__}.{cls.__qualname__}", "set_level": set_level, "kwargs": kwargs}
     try:
         with PeakMemory(device) as memory:

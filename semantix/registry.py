@@ -3,7 +3,9 @@
 Configs reach plugins through these registries: a config's `_target_` is one of the `build_*`
 functions below and its `name` key picks the plugin, so an unknown name fails with the list of
 known ones instead of an import error, and importing `semantix` stays cheap (no torch model code
-is imported until a plugin is built). Third-party plugins join with `METHODS.register(...)`.
+is imported until a plugin is built). Third-party plugins join with `METHODS.register(...)`. Every
+plugin a registry builds is checked against the registry's base class(es): a metric that is neither a
+`SampleMetric` nor a `SetMetric` fails when it is built, not when the runner first scores with it.
 """
 
 from __future__ import annotations
@@ -19,10 +21,19 @@ class UnknownPluginError(KeyError):
         return str(self.args[0])
 
 
+def _import(target: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
 class Registry:
-    def __init__(self, kind: str, entries: dict[str, str]):
+    """`kind` names the plugins in messages; `entries` maps names to "module:attribute" targets (a class or
+    a factory); every built plugin must be an instance of one of `bases` ("module:Class", imported lazily)."""
+
+    def __init__(self, kind: str, entries: dict[str, str], bases: tuple[str, ...]):
         self.kind = kind
         self._entries = dict(entries)
+        self.bases = bases
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -40,11 +51,15 @@ class Registry:
             raise UnknownPluginError(
                 f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}"
             ) from None
-        module_name, _, attribute = target.partition(":")
-        return getattr(importlib.import_module(module_name), attribute)
+        return _import(target)
 
     def build(self, name: str, **kwargs: Any) -> Any:
-        return self.get(name)(**kwargs)
+        plugin = self.get(name)(**kwargs)
+        bases = tuple(_import(base) for base in self.bases)
+        if not isinstance(plugin, bases):
+            raise TypeError(f"{self.kind} {name!r} ({self._entries[name]}) built a {type(plugin).__qualname__}, "
+                            f"which is not a {' or '.join(self.bases)}")
+        return plugin
 
 
 METHODS = Registry(
@@ -60,6 +75,7 @@ METHODS = Registry(
         "histogram_matching": "semantix.methods.classical:HistogramMatching",
         "frame_by_frame": "semantix.methods.frame_by_frame:FrameByFrame",
     },
+    bases=("semantix.methods.base:Method",),
 )
 
 METRICS = Registry(
@@ -82,18 +98,21 @@ METRICS = Registry(
         "clip_frame_consistency": "semantix.metrics.temporal:CLIPFrameConsistency",
         "warping_error": "semantix.metrics.temporal:WarpingError",
     },
+    bases=("semantix.metrics.base:SampleMetric", "semantix.metrics.base:SetMetric"),
 )
 
 BACKBONES = Registry(
     "backbone",
     {
         "tiny": "semantix.backbones.tiny:build_tiny",
+        "tiny_random": "semantix.backbones.tiny:build_tiny_random",
         "sd15": "semantix.backbones.sd15:load_sd15",
         "sd15_random": "semantix.backbones.tiny:build_sd15_random",
         "tiny_video": "semantix.backbones.tiny:build_tiny_video",
         "animatediff": "semantix.backbones.animatediff:load_animatediff",
         "animatediff_random": "semantix.backbones.tiny:build_animatediff_random",
     },
+    bases=("semantix.backbones.base:Backbone",),
 )
 
 DATASETS = Registry(
@@ -104,6 +123,7 @@ DATASETS = Registry(
         "demo_video": "semantix.data.dataset:demo_video_dataset",
         "prepared": "semantix.data.dataset:prepared_dataset",
     },
+    bases=("semantix.data.dataset:ManifestDataset",),
 )
 
 
@@ -121,3 +141,31 @@ def build_backbone(name: str, **kwargs: Any) -> Any:
 
 def build_dataset(name: str, **kwargs: Any) -> Any:
     return DATASETS.build(name, **kwargs)
+
+
+# The errors whose message begins with the metric's constructor argument at fault ("weights: ..."); the
+# metric cannot know where its config sits, so `build_metric_at` prefixes that path.
+_SETTING_ERRORS = ("semantix.types:WeightsNotFoundError", "semantix.checkpoints:UnsafeCheckpointError")
+
+
+def build_metric_at(path: str, config: Any) -> Any:
+    """The metric of `config` (a node with `_target_: semantix.registry.build_metric`), which sits at
+    `path` in the job's config (e.g. "metrics.clip_style"). A weights error comes back with that path
+    before the argument it names ("metrics.clip_style.weights: ..."), whatever key the preset used."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(config)
+    except InstantiationException as error:
+        cause: BaseException = error
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, tuple(_import(e) for e in _SETTING_ERRORS)):
+            raise type(cause)(f"{path}.{cause}") from cause
+        raise
+
+
+def build_metrics(configs: Any, group: str = "metrics") -> dict[str, Any]:
+    """Every metric of the job's `metrics` node (key -> config), by key, in the node's order."""
+    return {key: build_metric_at(f"{group}.{key}", config) for key, config in configs.items()}

@@ -51,6 +51,8 @@ from semantix.io import (
     stable_hash,
 )
 from semantix.methods.base import Method
+from semantix.metrics.base import FrameAveraged, SetMetric
+from semantix.registry import build_metrics
 from semantix.store import RunStore, StoredFileError, run_identity
 from semantix.types import MethodOutput, Sample
 
@@ -191,11 +193,11 @@ class Runner:
             f"-shard{self.shard_index}of{self.shard_count}"
         )
         self._invocation: dict = {}
-        built = {name: instantiate(mcfg) for name, mcfg in cfg.metrics.items()}
+        built = build_metrics(cfg.metrics)
         self.metric_hashes = {name: stable_hash(_container(mcfg)) for name, mcfg in cfg.metrics.items()}
         # Per-sample metrics score each output as it is made; set-level ones (FID) run once per run.
-        self.metrics = {n: m for n, m in built.items() if not getattr(m, "set_level", False)}
-        self.set_metrics = {n: m for n, m in built.items() if getattr(m, "set_level", False)}
+        self.metrics = {n: m for n, m in built.items() if not isinstance(m, SetMetric)}
+        self.set_metrics = {n: m for n, m in built.items() if isinstance(m, SetMetric)}
         self.runs: list[MethodRun] = []
         for label, mcfg in cfg.method.items():
             if "_target_" not in mcfg:
@@ -526,22 +528,15 @@ class Runner:
         """Each metric's value for one output: an image, or a video's frames (F, 3, H, W).
 
         On a video, a video metric (`video = True`: temporal consistency) sees all frames; an image
-        metric scores every frame against the same frame of the source (`Sample.frame_sample`) and
-        the video's value is the mean over frames.
+        metric scores it through `FrameAveraged` (each frame against the same source frame, then the mean).
         """
         values = {}
-        frame_samples = [sample.frame_sample(f) for f in range(len(media))] if sample.is_video else []
         for name in names:
             metric = self.metrics[name]
             if metric.video and not sample.is_video:
                 raise ValueError(f"metric {name} scores videos; sample {sample.sample_id} is an image")
-            if metric.video or not sample.is_video:
-                values[name] = float(metric(media, sample))
-            else:
-                values[name] = float(torch.stack([
-                    torch.as_tensor(metric(frame, frame_sample)).float()
-                    for frame, frame_sample in zip(media, frame_samples, strict=True)
-                ]).mean())
+            scorer = FrameAveraged(metric) if sample.is_video and not metric.video else metric
+            values[name] = float(scorer(media, sample))
         return values
 
     def _write_failure(self, run: MethodRun, sample_id: str, seed: int, error: dict, inputs: dict) -> None:
@@ -596,7 +591,7 @@ class Runner:
                 run.errors.append(f"set metric {name}: {type(e).__name__}: {e}")
                 stored[name] = {"error": f"{type(e).__name__}: {e}", "config_hash": self.metric_hashes[name]}
                 continue
-            details = metric.details() if hasattr(metric, "details") else {}
+            details = metric.details()
             stored[name] = {"value": value, "n": len(ok), **details, **self._set_metric_n(len(ok), details),
                             "records_hash": records_hash, "config_hash": self.metric_hashes[name]}
         summary["set_metrics"] = stored

@@ -75,6 +75,17 @@ def demo():
     return {sid: manifest.load_sample(sid, 64) for sid in manifest.sample_ids}
 
 
+@pytest.fixture
+def fresh_models():
+    """Tests of weights resolution must build their model, not reuse one that another test left in the
+    process-wide cache under the same key (`semantix.metrics.weights.shared_model`)."""
+    from semantix.metrics.weights import clear_shared_models
+
+    clear_shared_models()
+    yield
+    clear_shared_models()
+
+
 def compose(overrides: list[str]):
     """The app's config as `semantix-bench <overrides>` composes it, Hydra's node included."""
     return compose_config(overrides)

@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from semantix.cli import root_cause
+from semantix.registry import build_metric_at
 from semantix.config import CONF_DIR, RunLabels, compose_job
 from semantix.types import WeightsNotFoundError
 
@@ -37,7 +38,7 @@ def test_every_metric_preset_instantiates_or_names_the_missing_weights(preset):
     cfg = compose([f"metrics={preset}"])
     for name, node in cfg.metrics.items():
         try:
-            metric = instantiate(node)
+            metric = build_metric_at(f"metrics.{name}", node)
         except Exception as e:  # noqa: BLE001 - inspected below
             cause = root_cause(e)
             assert isinstance(cause, WeightsNotFoundError), (name, cause)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from skimage import color
 
+from semantix.metrics.base import Compares, FrameAveraged, SampleMetric, VideoMetric
 from semantix.metrics.colour import ColourHistogramDistance, hellinger, lab_histogram
 from semantix.metrics.structure import GreySSIM
 from semantix.types import Sample
@@ -89,10 +90,56 @@ def test_colour_distance_identity_disjoint_and_direction():
 
 def test_metrics_declare_direction_comparison_and_range():
     assert GreySSIM.describe() == {"higher_is_better": True, "compares": "output-content",
-                                   "input_range": [0.0, 1.0], "weights": None,
+                                   "input_range": [0.0, 1.0], "pretrained": None,
                                    "set_level": False, "video": False}
     assert ColourHistogramDistance.describe()["higher_is_better"] is False
     assert ColourHistogramDistance.describe()["compares"] == "output-reference"
+
+
+# -- the contract: `compares` picks the target, the kinds accept only what they can feed -------------------
+class _Recorder(SampleMetric):
+    """Returns 0 and keeps the target `score` was handed."""
+
+    higher_is_better = True
+
+    def score(self, output, target):
+        self.seen = target
+        return torch.zeros(())
+
+
+def test_the_base_class_hands_score_the_target_compares_names():
+    content, reference = torch.rand(3, 16, 16), torch.rand(3, 8, 8)
+    case = Sample("s", content, (reference, reference), prompt="a red barn")
+    seen = {}
+    for compares in (Compares.CONTENT, Compares.REFERENCES, Compares.PROMPT):
+        metric = type("M", (_Recorder,), {"compares": compares})()
+        metric(torch.rand(3, 16, 16), case)
+        seen[compares] = metric.seen
+    assert torch.equal(seen[Compares.CONTENT], content)
+    assert len(seen[Compares.REFERENCES]) == 2 and all(torch.equal(r, reference) for r in seen[Compares.REFERENCES])
+    assert seen[Compares.PROMPT] == "a red barn"
+
+
+def test_a_kind_refuses_a_compares_it_cannot_feed_when_the_class_is_defined():
+    with pytest.raises(TypeError, match="cannot feed compares REFERENCE_SET"):
+        type("Wrong", (_Recorder,), {"compares": Compares.REFERENCE_SET})
+    with pytest.raises(TypeError, match="cannot feed compares CONTENT"):
+        type("WrongVideo", (VideoMetric,), {"compares": Compares.CONTENT, "higher_is_better": True})
+    with pytest.raises(ValueError, match="'output-style'"):
+        type("Unknown", (_Recorder,), {"compares": "output-style"})
+    assert type("Plain", (_Recorder,), {"compares": "output-content"}).compares is Compares.CONTENT
+
+
+def test_frame_averaged_is_the_mean_of_the_metric_over_frames():
+    frames = torch.rand(3, 3, 24, 24)
+    video = Sample("v", frames[0], (torch.rand(3, 24, 24),), frames=frames)
+    output = (frames * 0.8 + 0.1).clamp(0, 1)
+    per_frame = [float(GreySSIM()(output[f], video.frame_sample(f))) for f in range(3)]
+    assert float(FrameAveraged(GreySSIM())(output, video)) == pytest.approx(np.mean(per_frame), rel=1e-6)
+    assert len(set(per_frame)) == 3  # the frames differ, so a wrong pairing would show
+    with pytest.raises(TypeError, match="FrameAveraged is for image metrics"):
+        FrameAveraged(type("V", (VideoMetric,), {"compares": Compares.OUTPUT_FRAMES, "higher_is_better": True,
+                                                  "score": lambda self, output, target: output.mean()})())
 
 
 def test_family_converters_shapes_ranges_and_guards():

@@ -9,7 +9,7 @@ import torch
 from semantix.metrics.clip import CLIPContentSimilarity, CLIPStyleSimilarity, CLIPTextScore, clip_score
 from semantix.metrics.inputs import to_clip_input
 from semantix.metrics.perceptual import LPIPSDistance
-from semantix.metrics.weights import clear_shared_models, seeded
+from semantix.metrics.weights import seeded
 from semantix.types import Sample, WeightsNotFoundError
 
 # ViT-B-32 keeps these tests fast; the default ViT-L-14 gets one test of its own.
@@ -35,14 +35,6 @@ def shuffled_patches(image: torch.Tensor, patch: int = 16) -> torch.Tensor:
 
 def sample(content, *references, prompt=None):
     return Sample("s", content, tuple(references) or (content,), prompt=prompt)
-
-
-@pytest.fixture
-def fresh_models():
-    """Tests of the weights resolution must build, not reuse a model another test left shared."""
-    clear_shared_models()
-    yield
-    clear_shared_models()
 
 
 @pytest.fixture
@@ -132,11 +124,11 @@ def test_clip_metrics_share_one_model_and_describe_themselves():
     assert [c.describe()["compares"] for c in (style, content, text)] == [
         "output-reference", "output-content", "output-prompt"]
     assert all(c.describe()["higher_is_better"] is True for c in (style, content, text))
-    assert "ViT-L-14" in style.describe()["weights"]
+    assert "ViT-L-14" in style.describe()["pretrained"]
     lpips_description = LPIPSDistance.describe()
     assert lpips_description["higher_is_better"] is False
     assert lpips_description["compares"] == "output-content"
-    assert "alexnet" in lpips_description["weights"].lower()
+    assert "alexnet" in lpips_description["pretrained"].lower()
 
 
 # -- LPIPS ---------------------------------------------------------------------------------------------
@@ -210,16 +202,15 @@ def test_lpips_trunk_checkpoint_loads_like_lpips_own_loading(source, hub_dir, fr
     assert float(metric(output, sample(content))) == pytest.approx(expected, rel=1e-5)
 
 
-def test_lpips_torchvision_trunk_absent_names_the_config_key(hub_dir, fresh_models):
-    with pytest.raises(WeightsNotFoundError, match=r"metrics\.lpips\.weights.*alexnet-owt-7be5be79\.pth"):
+def test_lpips_torchvision_trunk_absent_names_the_setting(hub_dir, fresh_models):
+    with pytest.raises(WeightsNotFoundError, match=r"^weights: .*alexnet-owt-7be5be79\.pth"):
         LPIPSDistance()
     assert not (hub_dir / "checkpoints").exists()  # nothing was downloaded
 
 
-@pytest.mark.parametrize("cls,key", [(CLIPStyleSimilarity, "clip_style"), (CLIPContentSimilarity, "clip_content"),
-                                     (CLIPTextScore, "clip_text")])
-def test_offline_uncached_clip_tag_names_the_config_key(cls, key, empty_hf_cache, fresh_models):
-    with pytest.raises(WeightsNotFoundError, match=rf"metrics\.{key}\.weights.*timm/vit_base_patch32_clip_224\.openai"):
+@pytest.mark.parametrize("cls", [CLIPStyleSimilarity, CLIPContentSimilarity, CLIPTextScore])
+def test_offline_uncached_clip_tag_names_the_setting(cls, empty_hf_cache, fresh_models):
+    with pytest.raises(WeightsNotFoundError, match=r"^weights: .*timm/vit_base_patch32_clip_224\.openai"):
         cls(model="ViT-B-32", weights="openai")
 
 

@@ -170,14 +170,15 @@ def empty_caches(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_missing_weights_name_the_config_key_and_file(empty_caches):
-    with pytest.raises(WeightsNotFoundError, match=rf"metrics\.fid\.weights.*{INCEPTION_FILE}"):
+def test_missing_weights_name_the_argument_and_file(empty_caches):
+    # Built directly, the error begins with the constructor argument; the registry adds the config path.
+    with pytest.raises(WeightsNotFoundError, match=rf"^weights: .*{INCEPTION_FILE}"):
         FID(device="cpu")
-    with pytest.raises(WeightsNotFoundError, match=r"metrics\.fid\.weights.*/nowhere/inception\.pth"):
+    with pytest.raises(WeightsNotFoundError, match=r"^weights: .*/nowhere/inception\.pth"):
         FID(weights="/nowhere/inception.pth", device="cpu")
-    with pytest.raises(WeightsNotFoundError, match=rf"metrics\.artfid\.inception_weights.*{ART_INCEPTION_FILE}"):
+    with pytest.raises(WeightsNotFoundError, match=rf"^inception_weights: .*{ART_INCEPTION_FILE}"):
         ArtFID(inception_weights="art", lpips_weights="random", device="cpu")
-    with pytest.raises(WeightsNotFoundError, match=r"metrics\.artfid\.lpips_weights.*alexnet-owt-7be5be79\.pth"):
+    with pytest.raises(WeightsNotFoundError, match=r"^lpips_weights: .*alexnet-owt-7be5be79\.pth"):
         ArtFID(inception_weights="random", lpips_weights="torchvision", feature=FAST, device="cpu")
 
 
@@ -237,7 +238,7 @@ def test_lpips_trunk_from_a_torchvision_alexnet_file(tmp_path):
     alexnet = seeded(lambda: torchvision.models.alexnet(weights=None), seed=5)
     path = tmp_path / "alexnet.pth"
     torch.save({f"features.{k}": v for k, v in alexnet.features.state_dict().items()}, path)
-    network = shared_lpips("alex", str(path), "cpu", "metrics.artfid.lpips_weights").model
+    network = shared_lpips("alex", str(path), "cpu", "lpips_weights").model
     torch.testing.assert_close(network.net.slice1[0].weight, alexnet.features[0].weight)
     torch.testing.assert_close(getattr(network.net.slice5, "10").bias, alexnet.features[10].bias)
 
@@ -247,7 +248,7 @@ def test_declarations():
         described = cls.describe()
         assert (described["higher_is_better"], described["set_level"]) == (False, True)
     assert FID.describe()["compares"] == "outputs-references"
-    assert "art_inception.pth" in ArtFID.describe()["weights"]
+    assert "art_inception.pth" in ArtFID.describe()["pretrained"]
 
 
 def test_reference_features_are_computed_once_per_process(monkeypatch):

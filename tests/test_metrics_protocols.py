@@ -243,9 +243,8 @@ def test_art_network_checks_weights_and_network_agree(tmp_path):
     assert FID(weights=str(path), feature=FAST, device="cpu").inception_kind == "standard"
 
 
-def test_imagenet_fid_is_its_own_metric_with_its_own_config_key():
+def test_imagenet_fid_is_its_own_metric():
     metric = ImageNetFID(weights="random", feature=FAST, device="cpu")
-    assert metric.config_key == "metrics.fid_imagenet.weights"
     assert metric.inception_kind == "random"
     with pytest.raises(ValueError, match="standard Inception"):
         ImageNetFID(weights="random", network="art", device="cpu")

@@ -23,7 +23,6 @@ from semantix.metrics.temporal import (
     target_in_frame,
     warping_error,
 )
-from semantix.metrics.weights import clear_shared_models
 from semantix.types import Sample, WeightsNotFoundError
 
 SMALL_CLIP = {"model": "ViT-B-32", "weights": "random"}
@@ -71,14 +70,6 @@ def hub_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
     torch.hub.set_dir(str(tmp_path / "torch-hub"))
     return tmp_path / "torch-hub"
-
-
-@pytest.fixture
-def fresh_models():
-    """Weights-file tests must build, not reuse, a model that another test cached under the same key."""
-    clear_shared_models()
-    yield
-    clear_shared_models()
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +209,7 @@ def test_warping_error_end_to_end_with_random_raft(warping):
 
 
 def test_warping_error_loads_a_local_checkpoint(tmp_path):
-    random_raft = load_raft_large("random", "metrics.warping_error.weights")
+    random_raft = load_raft_large("random")
     path = tmp_path / RAFT_FILE
     torch.save(random_raft.state_dict(), path)
     metric = WarpingError(weights=str(path), num_flow_updates=2)
@@ -226,11 +217,11 @@ def test_warping_error_loads_a_local_checkpoint(tmp_path):
     assert all(torch.equal(loaded[k], v) for k, v in random_raft.state_dict().items())
 
 
-def test_warping_error_without_the_torchvision_checkpoint_names_the_key(hub_dir, fresh_models):
+def test_warping_error_without_the_torchvision_checkpoint_names_the_setting(hub_dir, fresh_models):
     with pytest.raises(WeightsNotFoundError) as info:
         WarpingError(weights="torchvision")
     message = str(info.value)
-    assert "metrics.warping_error.weights" in message and RAFT_FILE in message
+    assert message.startswith("weights: ") and RAFT_FILE in message
     assert not (hub_dir / "checkpoints").exists()  # nothing was downloaded
 
 

@@ -34,12 +34,10 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from typing import ClassVar
-
 import torch
 
 from semantix.checkpoints import refusing_pickled_code
-from semantix.metrics.base import SampleMetric
+from semantix.metrics.base import Compares, SampleMetric
 from semantix.metrics.inputs import check_unit_range, to_clip_input
 from semantix.metrics.weights import (
     LRUCache,
@@ -50,7 +48,7 @@ from semantix.metrics.weights import (
     shared_model,
 )
 from semantix.runtime import hub_downloads_allowed
-from semantix.types import Sample, WeightsNotFoundError
+from semantix.types import WeightsNotFoundError
 
 EMBEDDING_CACHE_SIZE = 256
 
@@ -118,7 +116,7 @@ def tag_hub_files(tag_cfg: dict) -> list[tuple[str, str]]:
     return [(repo_id, name) for name in [*_get_safe_alternatives(filename), filename]]
 
 
-def _tag_source(model: str, tag: str, tag_cfg: dict, config_key: str) -> str:
+def _tag_source(model: str, tag: str, tag_cfg: dict, setting: str) -> str:
     """What to pass open_clip as `pretrained`: the cached file (loading it by path makes no hub call
     at all), else the tag itself when downloads are allowed; offline and absent, a clear error."""
     from huggingface_hub import constants, try_to_load_from_cache
@@ -132,35 +130,36 @@ def _tag_source(model: str, tag: str, tag_cfg: dict, config_key: str) -> str:
         return tag
     expected = " or ".join(f"{repo_id}/{filename}" for repo_id, filename in files)
     raise WeightsNotFoundError(
-        f"{config_key}: open_clip weights {model!r} / {tag!r} are not in the Hugging Face cache "
+        f"{setting}: open_clip weights {model!r} / {tag!r} are not in the Hugging Face cache "
         f"({constants.HF_HUB_CACHE}) and downloads are off (SEMANTIX_OFFLINE / HF_HUB_OFFLINE set, or the hub unreachable). "
         f"Expected the Hugging Face file {expected}. On a machine with network, "
         f"`python -c \"import open_clip; open_clip.create_model('{model}', pretrained='{tag}')\"` fills that "
-        f"cache (copy it here or point HF_HOME at it). Or set {config_key}=/path/to/checkpoint, or "
-        f"{config_key}=random for seeded random weights (metrics=tiny: code paths only, numbers meaningless)."
+        "cache (copy it here or point HF_HOME at it). Or set it to /path/to/checkpoint, or to `random` for "
+        "seeded random weights (metrics=tiny: code paths only, numbers meaningless)."
     )
 
 
-def build_embedder(model: str, weights: str, device: str, config_key: str) -> CLIPEmbedder:
+def build_embedder(model: str, weights: str, device: str, setting: str = "weights") -> CLIPEmbedder:
+    """The CLIP model of `weights` (a tag, a path or "random"); `setting` is named in weights errors."""
     import open_clip  # imported here: importing open_clip takes seconds
 
     if is_random(weights):
         clip = seeded(lambda: open_clip.create_model(model, pretrained=None, device=device))
     elif tag_cfg := open_clip.get_pretrained_cfg(model, weights):
-        source = _tag_source(model, weights, tag_cfg, config_key)
-        with refusing_pickled_code(config_key, source):  # open_clip reads with weights_only=True
+        source = _tag_source(model, weights, tag_cfg, setting)
+        with refusing_pickled_code(setting, source):  # open_clip reads with weights_only=True
             clip = open_clip.create_model(
                 model, pretrained=source, device=device,
                 force_quick_gelu=tag_cfg.get("quick_gelu", False), force_preprocess_cfg=tag_cfg,
             )
     else:
         path = require_file(
-            config_key, weights, [],
+            setting, weights, [],
             expected=f"an open_clip {model} checkpoint (.pt, .bin or .safetensors) or one of its pretrained "
                      f"tags {open_clip.list_pretrained_tags_by_model(model)}",
             how_to_get="open_clip's pretrained tags download from the Hugging Face hub on a machine with network.",
         )
-        with refusing_pickled_code(config_key, path):
+        with refusing_pickled_code(setting, path):
             clip = open_clip.create_model(model, pretrained=str(path), device=device)
     return CLIPEmbedder(clip, open_clip.get_tokenizer(model), device)
 
@@ -169,26 +168,22 @@ class _CLIPMetric(SampleMetric):
     """Shared constructor: the CLIP model (shared between the three metrics) and its embeddings."""
 
     higher_is_better = True
-    weights = "open_clip ViT-L-14 openai (default; `model` and `weights` in the config)"
-    # The metric's registry name, for the config key named in a missing-weights error.
-    config_name: ClassVar[str]
+    pretrained = "open_clip ViT-L-14 openai (default; `model` and `weights` in the config)"
 
     def __init__(self, model: str = "ViT-L-14", weights: str = "openai", device: str = "auto", **kwargs):
         super().__init__(**kwargs)
         self.model_name = model
         self.weights_source = weights
         device = metric_device(device)
-        config_key = f"metrics.{self.config_name}.weights"
         self.embedder: CLIPEmbedder = shared_model(
-            ("open_clip", model, weights, device), lambda: build_embedder(model, weights, device, config_key)
+            ("open_clip", model, weights, device), lambda: build_embedder(model, weights, device)
         )
 
 
 class CLIPStyleSimilarity(_CLIPMetric):
     """100 x cos(CLIP(output), CLIP(reference)), averaged over the references."""
 
-    compares = "output-reference"
-    config_name = "clip_style"
+    compares = Compares.REFERENCES
 
     def score(self, output: torch.Tensor, target: tuple[torch.Tensor, ...]) -> torch.Tensor:
         embedding = self.embedder.image(output)
@@ -198,8 +193,7 @@ class CLIPStyleSimilarity(_CLIPMetric):
 class CLIPContentSimilarity(_CLIPMetric):
     """100 x cos(CLIP(output), CLIP(content))."""
 
-    compares = "output-content"
-    config_name = "clip_content"
+    compares = Compares.CONTENT
 
     def score(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return 100.0 * (self.embedder.image(output) @ self.embedder.image(target))
@@ -212,18 +206,7 @@ class CLIPTextScore(_CLIPMetric):
     77 tokens for CLIP including the start and end tokens: words past that do not count.
     """
 
-    compares = "output-prompt"
-    config_name = "clip_text"
-
-    def update(self, output: torch.Tensor, sample: Sample) -> None:
-        # The base class passes images only; this metric's target is the prompt.
-        if not (sample.prompt and sample.prompt.strip()):
-            raise ValueError(
-                f"CLIPTextScore: sample {sample.sample_id!r} has no prompt; clip_text needs a prompt for "
-                "every sample (a `prompt` column in the manifest), or drop clip_text from the metrics"
-            )
-        output = check_unit_range(output, "CLIPTextScore output")
-        self.values.append(self.score(output, sample.prompt).reshape(1).float())
+    compares = Compares.PROMPT
 
     def score(self, output: torch.Tensor, target: str) -> torch.Tensor:
         return clip_score(self.embedder.image(output), self.embedder.text(target))

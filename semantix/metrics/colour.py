@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from skimage import color
 
-from semantix.metrics.base import SampleMetric
+from semantix.metrics.base import Compares, SampleMetric
 from semantix.metrics.inputs import to_hwc_numpy
 
 LAB_RANGES = ((0.0, 100.0), (-128.0, 128.0), (-128.0, 128.0))
@@ -33,7 +33,7 @@ def hellinger(p: np.ndarray, q: np.ndarray) -> float:
 
 class ColourHistogramDistance(SampleMetric):
     higher_is_better = False
-    compares = "output-reference"
+    compares = Compares.REFERENCES
 
     def __init__(self, bins: int = 8, **kwargs):
         super().__init__(**kwargs)

@@ -3,7 +3,7 @@ colour error (vs reference).
 
 Backbone: DINO ViT-B/8 (Caron et al., "Emerging Properties in Self-Supervised Vision Transformers",
 ICCV 2021) as a transformers `ViTModel` without pooler, one per (weights, device) per process, shared by
-the three metrics. Weights (config key `metrics.<name>.weights`):
+the three metrics. Weights (config key `weights`):
 
 - `facebook/dino-vitb8` (default) or another hub id: used from the Hugging Face cache; downloaded only
   when not offline (HF_HUB_OFFLINE / SEMANTIX_OFFLINE unset);
@@ -39,14 +39,13 @@ Metrics:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from skimage import color
 from transformers import ViTConfig, ViTModel
 
 from semantix.checkpoints import refusing_pickled_code
-from semantix.metrics.base import SampleMetric
+from semantix.metrics.base import Compares, SampleMetric
 from semantix.metrics.inputs import check_same_size, to_dino_input, to_hwc_numpy
 from semantix.metrics.weights import is_random, metric_device, seeded, shared_model
 from semantix.runtime import hub_downloads_allowed
@@ -61,23 +60,24 @@ DINO_VITB8 = {"patch_size": 8, "hidden_size": 768, "num_hidden_layers": 12, "num
 COSINE_EPS = 1e-8
 
 
-def load_dino(weights: str, config_key: str) -> ViTModel:
-    """DINO ViT-B/8 (eval, frozen, on CPU) with `weights` (see the module docstring)."""
+def load_dino(weights: str, setting: str = "weights") -> ViTModel:
+    """DINO ViT-B/8 (eval, frozen, on CPU) with `weights` (see the module docstring); `setting` is named
+    in weights errors."""
     if is_random(weights):
         model = seeded(lambda: ViTModel(ViTConfig(**DINO_VITB8), add_pooling_layer=False))
     else:
         try:
-            with refusing_pickled_code(config_key, weights):  # transformers reads with weights_only=True
+            with refusing_pickled_code(setting, weights):  # transformers reads with weights_only=True
                 model = ViTModel.from_pretrained(weights, local_files_only=not hub_downloads_allowed(),
                                                  add_pooling_layer=False)
         except OSError as error:
             raise WeightsNotFoundError(
-                f"{config_key}: weights not found (value {weights!r}). Expected a folder with config.json "
+                f"{setting}: weights not found (value {weights!r}). Expected a folder with config.json "
                 f"and model.safetensors of DINO ViT-B/8, or the hub id {DINO_HUB_ID!r} already in the Hugging "
                 f"Face cache (downloads allowed: {hub_downloads_allowed()}). On a machine with network, "
                 f"`huggingface-cli download {DINO_HUB_ID}` fills the cache, or "
                 f"`ViTModel.from_pretrained('{DINO_HUB_ID}').save_pretrained(folder)` writes a folder. Then "
-                f"set {config_key}=/path/to/folder, or {config_key}=random for seeded random weights "
+                f"set it to /path/to/folder, or to `random` for seeded random weights "
                 f"(metrics=tiny: code paths only, numbers meaningless). Cause: {error}"
             ) from error
     return model.eval().requires_grad_(False)
@@ -115,10 +115,9 @@ def cosine_self_similarity(x: torch.Tensor) -> torch.Tensor:
 
 
 class _DINOMetric(SampleMetric):
-    """Shared model handling; subclasses set `config_key` and implement `score`."""
+    """Shared model handling; subclasses implement `score`."""
 
-    weights = DINO_HUB_ID
-    config_key: ClassVar[str]
+    pretrained = DINO_HUB_ID
 
     def __init__(self, weights: str = DINO_HUB_ID, short_side: int = 224, max_side: int = 480,
                  device: str = "auto", **kwargs):
@@ -134,7 +133,7 @@ class _DINOMetric(SampleMetric):
         """The process-wide DINO for these weights and device (built on first use)."""
         return shared_model(
             ("dino-vitb8", self.weights_source, self.model_device),
-            lambda: load_dino(self.weights_source, self.config_key).to(self.model_device),
+            lambda: load_dino(self.weights_source).to(self.model_device),
         )
 
     def features(self, image: torch.Tensor) -> DINOFeatures:
@@ -153,8 +152,7 @@ class DINOStructureDistance(_DINOMetric):
     """
 
     higher_is_better = False
-    compares = "output-content"
-    config_key = "metrics.structure_dino.weights"
+    compares = Compares.CONTENT
 
     @torch.no_grad()
     def score(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -170,8 +168,7 @@ class DINOAppearanceSimilarity(_DINOMetric):
     over references when there are several. 100 for identical images."""
 
     higher_is_better = True
-    compares = "output-reference"
-    config_key = "metrics.dino_appearance.weights"
+    compares = Compares.REFERENCES
 
     @torch.no_grad()
     def score(self, output: torch.Tensor, target: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -205,8 +202,7 @@ class CorrespondenceColourError(_DINOMetric):
     """
 
     higher_is_better = False
-    compares = "output-reference"
-    config_key = "metrics.correspondence_colour.weights"
+    compares = Compares.REFERENCES
 
     def __init__(self, weights: str = DINO_HUB_ID, short_side: int = 224, max_side: int = 480,
                  chunk_size: int = 4096, device: str = "auto", **kwargs):

@@ -22,8 +22,7 @@ features identical to torch-fidelity's, tested) or "pytorch-fid" (plain bilinear
 2x - 1). The art Inception (`network: art`) takes [0, 1] images at their own size, or with the short
 side resized to `short_side` (StyleID: 512).
 
-Weights of the standard Inception (config key `metrics.fid.weights`, for ArtFID
-`metrics.artfid.inception_weights`):
+Weights of the standard Inception (config key `weights`, for ArtFID `inception_weights`):
 
 - `torch-fidelity` (default): torch-fidelity's port of the TensorFlow FID Inception,
   `weights-inception-2015-12-05-6726825d.pth`, used only if already on disk where
@@ -65,7 +64,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.utilities import dim_zero_cat
 
 from semantix.checkpoints import load_state_dict_file
-from semantix.metrics.base import SetMetric
+from semantix.metrics.base import Compares, SetMetric
 from semantix.metrics.inputs import check_same_size, to_inception_uint8
 from semantix.metrics.perceptual import LPIPSNetwork, shared_lpips
 from semantix.metrics.weights import (
@@ -175,10 +174,10 @@ def random_inception(feature: int, resize: str = ANTIALIASED) -> torch.nn.Module
     return network
 
 
-def inception_file(weights: str, config_key: str) -> Path:
+def inception_file(weights: str, setting: str) -> Path:
     """torch-fidelity's FID Inception checkpoint for `weights` ("torch-fidelity" or a path)."""
     return require_file(
-        config_key, weights, [torch_hub_checkpoint(INCEPTION_FILE)] if weights == TORCH_FIDELITY else [],
+        setting, weights, [torch_hub_checkpoint(INCEPTION_FILE)] if weights == TORCH_FIDELITY else [],
         expected=f"torch-fidelity's FID Inception-v3 state dict {INCEPTION_FILE}",
         how_to_get=f"On a machine with network, `torch_fidelity.calculate_metrics(..., fid=True)` or torchmetrics' "
                    f"FrechetInceptionDistance() downloads it from {INCEPTION_URL} into "
@@ -186,7 +185,7 @@ def inception_file(weights: str, config_key: str) -> Path:
     )
 
 
-def standard_inception(source: str, feature: int, config_key: str = "metrics.fid.weights",
+def standard_inception(source: str, feature: int, setting: str = "weights",
                        resize: str = ANTIALIASED) -> torch.nn.Module:
     """torchmetrics' Inception feature extractor: `source` is "random" or the checkpoint's path.
 
@@ -194,9 +193,9 @@ def standard_inception(source: str, feature: int, config_key: str = "metrics.fid
     """
     if is_random(source):
         return seeded(lambda: random_inception(feature, resize))
-    state = load_state_dict_file(source, config_key)
-    if checkpoint_kind(state, Path(source), config_key) != "standard":
-        raise ValueError(f"{config_key}: {source} is art-fid's {ART_INCEPTION_FILE}; the standard FID needs "
+    state = load_state_dict_file(source, setting)
+    if checkpoint_kind(state, Path(source), setting) != "standard":
+        raise ValueError(f"{setting}: {source} is art-fid's {ART_INCEPTION_FILE}; the standard FID needs "
                          f"torch-fidelity's {INCEPTION_FILE} (art-fid's checkpoint is for ArtFID: "
                          "metrics.artfid.inception_weights)")
     network = _unloaded_inception(feature, resize)
@@ -275,7 +274,7 @@ def art_inception_candidates() -> list[Path]:
     return [*candidates, torch_hub_checkpoint(ART_INCEPTION_FILE)]
 
 
-def checkpoint_kind(state: dict[str, torch.Tensor], path: Path, config_key: str) -> str:
+def checkpoint_kind(state: dict[str, torch.Tensor], path: Path, setting: str) -> str:
     """"standard" for torch-fidelity's Inception (an `fc` head of 1008 classes), "art" for art-fid's
     checkpoint (heads `fc1`/`fc2`); anything else is refused rather than mislabelled."""
     fc = state.get("fc.weight")
@@ -284,7 +283,7 @@ def checkpoint_kind(state: dict[str, torch.Tensor], path: Path, config_key: str)
     if "fc1.weight" in state:
         return ART
     raise ValueError(
-        f"{config_key}: {path} is neither torch-fidelity's FID Inception ({INCEPTION_FILE}, an `fc` head of "
+        f"{setting}: {path} is neither torch-fidelity's FID Inception ({INCEPTION_FILE}, an `fc` head of "
         f"1008 classes) nor art-fid's {ART_INCEPTION_FILE} (heads `fc1`/`fc2`)"
     )
 
@@ -357,10 +356,11 @@ class FID(SetMetric):
     """
 
     higher_is_better = False
-    compares = "outputs-references"
-    weights = (f"torch-fidelity FID Inception-v3 ({INCEPTION_FILE}), or art-fid's {ART_INCEPTION_FILE} "
+    compares = Compares.REFERENCE_SET
+    pretrained = (f"torch-fidelity FID Inception-v3 ({INCEPTION_FILE}), or art-fid's {ART_INCEPTION_FILE} "
                "when configured")
-    config_key: ClassVar[str] = "metrics.fid.weights"
+    # The constructor argument holding the Inception's weights, named in weights errors.
+    weights_setting: ClassVar[str] = "weights"
 
     def __init__(self, weights: str = TORCH_FIDELITY, feature: int = 2048, device: str = "auto",
                  network: str = "auto", references: str = DISTINCT, resize: str = ANTIALIASED,
@@ -372,7 +372,7 @@ class FID(SetMetric):
         for option, value, allowed in (("network", network, NETWORKS), ("references", references, REFERENCE_MODES),
                                        ("resize", resize, RESIZE_MODES)):
             if value not in allowed:
-                raise ValueError(f"{self.config_key.rsplit('.', 1)[0]}.{option} must be one of {allowed}, "
+                raise ValueError(f"{option} must be one of {allowed}, "
                                  f"got {value!r}")
         self.model_device = metric_device(device)
         self.network_choice = network
@@ -388,19 +388,19 @@ class FID(SetMetric):
 
     def _standard(self, source: str, feature: int) -> tuple[str, tuple, Callable[[], torch.nn.Module]]:
         kind = "random" if is_random(source) else STANDARD
-        config_key, resize = self.config_key, self.resize_mode
+        setting, resize = self.weights_setting, self.resize_mode
         return kind, ("inception", source, feature, resize, self.model_device), lambda: standard_inception(
-            source, feature, config_key, resize)
+            source, feature, setting, resize)
 
     def _art(self, path: Path | None, feature: int) -> tuple[str, tuple, Callable[[], torch.nn.Module]]:
         if feature != ArtInceptionFeatures.num_features:
             raise ValueError(f"the art Inception gives 2048-d features only, got feature={feature}")
-        config_key, short_side = self.config_key, self.short_side
+        setting, short_side = self.weights_setting, self.short_side
         if path is None:
             return "random-art", ("art_inception", "random", short_side, self.model_device), lambda: seeded(
                 lambda: random_art_inception(short_side))
         return ART, ("art_inception", str(path), short_side, self.model_device), lambda: art_inception(
-            load_state_dict_file(path, config_key), short_side)
+            load_state_dict_file(path, setting), short_side)
 
     def _inception(self, weights: str, feature: int) -> tuple[str, tuple, Callable[[], torch.nn.Module]]:
         """(kind, shared_model key, builder); kind: "standard" | "art" | "random" | "random-art"."""
@@ -408,20 +408,20 @@ class FID(SetMetric):
             return self._art(None, feature) if self.network_choice == ART else self._standard(weights, feature)
         if weights == TORCH_FIDELITY:
             if self.network_choice == ART:
-                raise ValueError(f"{self.config_key}: 'torch-fidelity' is the standard Inception, but "
+                raise ValueError(f"{self.weights_setting}: 'torch-fidelity' is the standard Inception, but "
                                  "network: art was asked for (use weights: art)")
-            return self._standard(str(inception_file(weights, self.config_key)), feature)
+            return self._standard(str(inception_file(weights, self.weights_setting)), feature)
         path = require_file(
-            self.config_key, weights, art_inception_candidates() if weights == ART else [],
+            self.weights_setting, weights, art_inception_candidates() if weights == ART else [],
             expected=f"art-fid's {ART_INCEPTION_FILE} (Hugging Face {ART_INCEPTION_REPO}) or torch-fidelity's "
                      f"{INCEPTION_FILE}",
             how_to_get=f"On a machine with network, `huggingface-cli download {ART_INCEPTION_REPO} "
                        f"{ART_INCEPTION_FILE}` fetches art-fid's checkpoint.",
         )
         # Read to tell the two layouts apart; the builder reads it again, so it is not kept in memory.
-        kind = checkpoint_kind(load_state_dict_file(path, self.config_key), path, self.config_key)
+        kind = checkpoint_kind(load_state_dict_file(path, self.weights_setting), path, self.weights_setting)
         if self.network_choice not in ("auto", kind):
-            raise ValueError(f"{self.config_key}: {path} holds the {kind} Inception, but network: "
+            raise ValueError(f"{self.weights_setting}: {path} holds the {kind} Inception, but network: "
                              f"{self.network_choice} was asked for")
         return self._standard(str(path), feature) if kind == STANDARD else self._art(path, feature)
 
@@ -498,11 +498,10 @@ class ArtFID(FID):
       "torchvision" | a path to torchvision's AlexNet checkpoint | "random" (see `perceptual.build_lpips`).
     """
 
-    compares = "outputs-references+output-content"
-    weights = (f"Inception: art-fid's {ART_INCEPTION_FILE} when configured, else torch-fidelity's {INCEPTION_FILE}; "
+    compares = Compares.REFERENCE_SET_AND_CONTENT
+    pretrained = (f"Inception: art-fid's {ART_INCEPTION_FILE} when configured, else torch-fidelity's {INCEPTION_FILE}; "
                "LPIPS: lpips v0.1 AlexNet (torchvision alexnet-owt-7be5be79.pth)")
-    config_key = "metrics.artfid.inception_weights"
-    lpips_config_key: ClassVar[str] = "metrics.artfid.lpips_weights"
+    weights_setting = "inception_weights"
 
     def __init__(self, inception_weights: str = TORCH_FIDELITY, lpips_weights: str = TORCHVISION,
                  feature: int = 2048, device: str = "auto", **kwargs):
@@ -513,7 +512,7 @@ class ArtFID(FID):
 
     def lpips_model(self) -> LPIPSNetwork:
         """The same shared LPIPS network as the `lpips` metric (one model per weights and device)."""
-        return shared_lpips("alex", self.lpips_weights, self.model_device, self.lpips_config_key)
+        return shared_lpips("alex", self.lpips_weights, self.model_device, "lpips_weights")
 
     def update(self, output: torch.Tensor, sample: Sample) -> None:
         # Range checks happen in the LPIPS network and the Inception converter.
@@ -537,8 +536,6 @@ class ImageNetFID(FID):
     """FID on the standard (ImageNet-trained, TF-FID) Inception, under its own name `fid_imagenet`, so
     that a protocol's `fid` (StyleID's: art Inception) never silently means this one. Same options as
     `FID`; `network` may only be "standard" (or "auto")."""
-
-    config_key = "metrics.fid_imagenet.weights"
 
     def __init__(self, weights: str = TORCH_FIDELITY, network: str = STANDARD, **kwargs):
         if network not in ("auto", STANDARD):

@@ -25,7 +25,7 @@ import warnings
 import torch
 
 from semantix.checkpoints import load_state_dict_file
-from semantix.metrics.base import SampleMetric
+from semantix.metrics.base import Compares, SampleMetric
 from semantix.metrics.inputs import to_lpips_input
 from semantix.metrics.weights import (
     TORCHVISION,
@@ -36,8 +36,6 @@ from semantix.metrics.weights import (
     shared_model,
     torch_hub_checkpoint,
 )
-
-CONFIG_KEY = "metrics.lpips.weights"
 
 
 def _torchvision_weights(net: str):
@@ -69,14 +67,14 @@ class LPIPSNetwork:
         return self.model(batch0.to(self.device), batch1.to(self.device)).reshape(()).cpu()
 
 
-def shared_lpips(net: str, weights: str, device: str, config_key: str = CONFIG_KEY) -> LPIPSNetwork:
+def shared_lpips(net: str, weights: str, device: str, setting: str = "weights") -> LPIPSNetwork:
     """The process-wide LPIPS network for (net, weights, device), used by `lpips` and ArtFID alike."""
-    return shared_model(("lpips", net, weights, device), lambda: build_lpips(net, weights, device, config_key))
+    return shared_model(("lpips", net, weights, device), lambda: build_lpips(net, weights, device, setting))
 
 
-def build_lpips(net: str, weights: str, device: str, config_key: str = CONFIG_KEY) -> LPIPSNetwork:
-    """lpips v0.1 with the shipped linear layers and the trunk of `weights`; `config_key` names the
-    setting in the missing-weights error."""
+def build_lpips(net: str, weights: str, device: str, setting: str = "weights") -> LPIPSNetwork:
+    """lpips v0.1 with the shipped linear layers and the trunk of `weights`; `setting` (the argument
+    holding `weights`) is named in weights errors."""
     import lpips
 
     trunk_state = None
@@ -87,14 +85,14 @@ def build_lpips(net: str, weights: str, device: str, config_key: str = CONFIG_KE
         filename = tv_weights.url.rsplit("/", 1)[-1]
         candidates = [torch_hub_checkpoint(filename)] if weights == TORCHVISION else []
         path = require_file(
-            config_key, weights, candidates,
+            setting, weights, candidates,
             expected=f"torchvision's {net} ImageNet checkpoint {filename} (the LPIPS trunk; the linear layers "
                      "ship with the lpips package)",
             how_to_get=f"On a machine with network, `python -c \"import torchvision; "
                        f"torchvision.models.get_weight('{tv_weights}').get_state_dict()\"` puts it in "
                        f"{torch_hub_checkpoint(filename).parent} (set TORCH_HOME to move that cache).",
         )
-        trunk_state = load_state_dict_file(path, config_key)
+        trunk_state = load_state_dict_file(path, setting)
 
     def build() -> torch.nn.Module:
         # The trunk is always built random and then loaded from the file resolved above: lpips would
@@ -119,8 +117,8 @@ def _load_trunk(model: torch.nn.Module, state: dict) -> None:
 
 class LPIPSDistance(SampleMetric):
     higher_is_better = False
-    compares = "output-content"
-    weights = "lpips 0.1 linear layers (shipped) + torchvision AlexNet ImageNet trunk (alexnet-owt-7be5be79.pth)"
+    compares = Compares.CONTENT
+    pretrained = "lpips 0.1 linear layers (shipped) + torchvision AlexNet ImageNet trunk (alexnet-owt-7be5be79.pth)"
 
     def __init__(self, net: str = "alex", weights: str = TORCHVISION, device: str = "auto", **kwargs):
         super().__init__(**kwargs)

@@ -19,7 +19,7 @@ import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 from torchvision.transforms.functional import rgb_to_grayscale
 
-from semantix.metrics.base import SampleMetric
+from semantix.metrics.base import Compares, SampleMetric
 
 BORDERS = ("valid", "padded")
 SSIM_WINDOW = 11
@@ -27,7 +27,7 @@ SSIM_WINDOW = 11
 
 class GreySSIM(SampleMetric):
     higher_is_better = True
-    compares = "output-content"
+    compares = Compares.CONTENT
 
     def __init__(self, border: str = "valid", **kwargs):
         super().__init__(**kwargs)

@@ -35,7 +35,7 @@ takes) and each side rounded up to a multiple of 8. The flow is resized back to 
 vectors scaled by the same factors. Flow convention: (B, 2, H, W) in pixels, channel 0 = x (u),
 channel 1 = y (v), pixel centres at integer coordinates (torchvision's).
 
-Weights (`metrics.warping_error.weights`): `torchvision` = the checkpoint in torch hub's cache, never
+Weights (config key `weights`): `torchvision` = the checkpoint in torch hub's cache, never
 downloaded; a local path to that state dict; or `random` (seeded random RAFT, numbers meaningless).
 """
 
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torchvision.models.optical_flow import Raft_Large_Weights, raft_large
 
 from semantix.checkpoints import load_state_dict_file
-from semantix.metrics.base import VideoMetric
+from semantix.metrics.base import Compares, VideoMetric
 from semantix.metrics.clip import _CLIPMetric
 from semantix.metrics.inputs import raft_size, to_clip_input, to_raft_input
 from semantix.metrics.weights import (
@@ -74,8 +74,7 @@ class CLIPFrameConsistency(VideoMetric, _CLIPMetric):
     `batch_size`: frames per CLIP forward pass (memory only, the value does not depend on it).
     """
 
-    compares = "output-frames"
-    config_name = "clip_frame_consistency"
+    compares = Compares.OUTPUT_FRAMES
 
     def __init__(self, model: str = "ViT-L-14", weights: str = "openai", batch_size: int = 16,
                  device: str = "auto", **kwargs):
@@ -170,20 +169,21 @@ def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(flow, size=size, mode="bilinear", align_corners=False) * scale.view(1, 2, 1, 1)
 
 
-def load_raft_large(weights: str, config_key: str) -> torch.nn.Module:
-    """torchvision's RAFT large (eval, frozen, on CPU) with `weights` (module docstring)."""
+def load_raft_large(weights: str, setting: str = "weights") -> torch.nn.Module:
+    """torchvision's RAFT large (eval, frozen, on CPU) with `weights` (module docstring); `setting` is
+    named in weights errors."""
     if is_random(weights):
         return seeded(lambda: raft_large(weights=None)).eval().requires_grad_(False)
     candidates = [torch_hub_checkpoint(RAFT_FILE)] if weights == TORCHVISION else []
     path = require_file(
-        config_key, weights, candidates,
+        setting, weights, candidates,
         expected=f"torchvision's RAFT large {RAFT_WEIGHTS} state dict {RAFT_FILE}",
         how_to_get=f"On a machine with network, `python -c \"import torchvision; "
                    f"torchvision.models.get_weight('{RAFT_WEIGHTS}').get_state_dict()\"` puts it in "
                    f"{torch_hub_checkpoint(RAFT_FILE).parent} (set TORCH_HOME to move that cache).",
     )
     model = raft_large(weights=None)
-    model.load_state_dict(load_state_dict_file(path, config_key))
+    model.load_state_dict(load_state_dict_file(path, setting))
     return model.eval().requires_grad_(False)
 
 
@@ -197,9 +197,8 @@ class WarpingError(VideoMetric):
     """
 
     higher_is_better = False
-    compares = "output-source-frames"
-    weights = f"torchvision RAFT large {RAFT_WEIGHTS} ({RAFT_FILE})"
-    config_key = "metrics.warping_error.weights"
+    compares = Compares.SOURCE_FRAMES
+    pretrained = f"torchvision RAFT large {RAFT_WEIGHTS} ({RAFT_FILE})"
 
     def __init__(self, weights: str = TORCHVISION, flow_size: int | None = None, num_flow_updates: int = 12,
                  batch_size: int = 8, device: str = "auto", **kwargs):
@@ -217,7 +216,7 @@ class WarpingError(VideoMetric):
         """The process-wide RAFT for these weights and device (built on first use)."""
         return shared_model(
             ("raft_large", self.weights_source, self.model_device),
-            lambda: load_raft_large(self.weights_source, self.config_key).to(self.model_device),
+            lambda: load_raft_large(self.weights_source).to(self.model_device),
         )
 
     def source_flows(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,7 @@
 """VGG19 metrics: CFSD (content structure, output vs content) and Gram distance (style, output vs reference).
 
 Backbone: torchvision's VGG19 feature trunk (`torchvision.models.vgg19(weights=None).features`, eval,
-frozen), one per (weights, device) per process, shared by both metrics. Weights (config key
-`metrics.<name>.weights`):
+frozen), one per (weights, device) per process, shared by both metrics. Weights (config key `weights`):
 
 - `torchvision` (default): torchvision's IMAGENET1K_V1 checkpoint `vgg19-dcbb9e9d.pth`, used only if
   it is already in the torch hub cache (`$TORCH_HOME/hub/checkpoints`): never downloaded;
@@ -33,13 +32,11 @@ discards all channel correlations; we follow the definition in `gram_distance` i
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 import torchvision
 
 from semantix.checkpoints import load_state_dict_file
-from semantix.metrics.base import SampleMetric
+from semantix.metrics.base import Compares, SampleMetric
 from semantix.metrics.inputs import to_vgg_input
 from semantix.metrics.weights import (
     TORCHVISION,
@@ -56,18 +53,19 @@ VGG19_LAYERS = {"relu1_1": 1, "relu2_1": 6, "relu3_1": 11, "relu4_1": 20, "relu5
 GRAM_LAYERS = tuple(VGG19_LAYERS)
 
 
-def load_vgg19_features(weights: str, config_key: str) -> torch.nn.Sequential:
-    """The VGG19 feature trunk (eval, frozen, on CPU) with `weights` (see the module docstring)."""
+def load_vgg19_features(weights: str, setting: str = "weights") -> torch.nn.Sequential:
+    """The VGG19 feature trunk (eval, frozen, on CPU) with `weights` (see the module docstring); `setting`
+    is named in weights errors."""
     if is_random(weights):
         return _frozen(seeded(lambda: torchvision.models.vgg19(weights=None).features))
     candidates = [torch_hub_checkpoint(VGG19_FILE)] if weights == TORCHVISION else []
     path = require_file(
-        config_key, weights, candidates,
+        setting, weights, candidates,
         expected=f"torchvision's VGG19 IMAGENET1K_V1 state dict {VGG19_FILE}",
         how_to_get=f"On a machine with network, `torchvision.models.vgg19(weights='IMAGENET1K_V1')` puts it "
                    f"in {torch_hub_checkpoint(VGG19_FILE).parent}; copy it there or anywhere.",
     )
-    state = load_state_dict_file(path, config_key)
+    state = load_state_dict_file(path, setting)
     features = torchvision.models.vgg19(weights=None).features
     # The checkpoint holds the whole classifier too; only the trunk is needed, and strict loading of
     # the trunk still catches a wrong file.
@@ -135,10 +133,9 @@ def gram_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tor
 
 
 class _VGGMetric(SampleMetric):
-    """Shared trunk handling; subclasses set `config_key` and implement `score`."""
+    """Shared trunk handling; subclasses implement `score`."""
 
-    weights = f"torchvision VGG19 IMAGENET1K_V1 ({VGG19_FILE})"
-    config_key: ClassVar[str]
+    pretrained = f"torchvision VGG19 IMAGENET1K_V1 ({VGG19_FILE})"
 
     def __init__(self, weights: str = TORCHVISION, size: int | None = 512, device: str = "auto", **kwargs):
         super().__init__(**kwargs)
@@ -152,7 +149,7 @@ class _VGGMetric(SampleMetric):
         """The process-wide VGG19 trunk for these weights and device (built on first use)."""
         return shared_model(
             ("vgg19", self.weights_source, self.model_device),
-            lambda: load_vgg19_features(self.weights_source, self.config_key).to(self.model_device),
+            lambda: load_vgg19_features(self.weights_source).to(self.model_device),
         )
 
     def activations(self, image: torch.Tensor, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -167,8 +164,7 @@ class CFSD(_VGGMetric):
     once (memory only, the value does not depend on it)."""
 
     higher_is_better = False
-    compares = "output-content"
-    config_key = "metrics.cfsd.weights"
+    compares = Compares.CONTENT
 
     def __init__(self, weights: str = TORCHVISION, size: int | None = 512, chunk_size: int = 1024,
                  device: str = "auto", **kwargs):
@@ -189,8 +185,7 @@ class GramDistance(_VGGMetric):
     size; the C H W normalisation makes Gram matrices of different sizes comparable)."""
 
     higher_is_better = False
-    compares = "output-reference"
-    config_key = "metrics.gram.weights"
+    compares = Compares.REFERENCES
 
     @torch.no_grad()
     def score(self, output: torch.Tensor, target: tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -7,7 +7,12 @@ A metric's config has a `weights` key. Its value is one of:
 - a local path to the weights file (or folder, for transformers models);
 - a source id that the metric's library knows (an open_clip pretrained tag, a hub id). It is used
   only if the files are already on disk (the library's cache) or the network is allowed; offline
-  and absent, `WeightsNotFoundError` names the config key and the file expected.
+  and absent, `WeightsNotFoundError` names the setting and the file expected.
+
+A metric does not know where its config sits (a preset may file `clip_style` under any key), so its
+weights errors (`WeightsNotFoundError`, `UnsafeCheckpointError`) begin with the constructor argument at
+fault, `setting` below ("weights: ..."), and `semantix.registry.build_metric_at` puts the config path
+in front ("metrics.clip_style.weights: ...").
 
 Models are shared: `shared_model(key, build)` builds each (architecture, weights, device) once per
 process, so a preset with three CLIP metrics loads one CLIP. `LRUCache` bounds what metrics keep of
@@ -50,8 +55,8 @@ def torch_hub_checkpoint(filename: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
-def require_file(config_key: str, weights: str, candidates: list[Path], expected: str, how_to_get: str) -> Path:
-    """The weights file, or a clear error.
+def require_file(setting: str, weights: str, candidates: list[Path], expected: str, how_to_get: str) -> Path:
+    """The weights file, or a clear error naming `setting` (the argument that holds `weights`).
 
     `candidates`: where a named source (e.g. "torchvision") keeps its file; when empty, `weights`
     itself is the path. (A named source is never read as a path, so a folder called "torchvision" in
@@ -64,9 +69,9 @@ def require_file(config_key: str, weights: str, candidates: list[Path], expected
             return path
     tried = ", ".join(str(p) for p in paths)
     raise WeightsNotFoundError(
-        f"{config_key}: weights not found (value {weights!r}). Expected {expected}. Tried: {tried}. "
-        f"{how_to_get} Then set {config_key}=/path/to/file, or {config_key}=random for seeded random "
-        "weights (metrics=tiny: code paths only, numbers meaningless)."
+        f"{setting}: weights not found (value {weights!r}). Expected {expected}. Tried: {tried}. "
+        f"{how_to_get} Then set it to /path/to/file, or to `random` for seeded random weights "
+        "(metrics=tiny: code paths only, numbers meaningless)."
     )
 
 

@@ -60,7 +60,8 @@ def _grid(n_panels: int, height_scale: float = 1.0):
 
 def _render(fig, title: str, note: str) -> bytes:
     width = int(fig.get_figwidth() * 11)  # characters of a 10 pt line across the figure
-    fig.suptitle("\n".join([title, *textwrap.wrap(note, width)]), fontsize=10)
+    # the title wraps too: a one-panel figure is narrower than a long title
+    fig.suptitle("\n".join([*textwrap.wrap(title, width), *textwrap.wrap(note, width)]), fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
