@@ -168,6 +168,6 @@ def report(argv: list[str] | None = None) -> None:
     from semantix.report import build
 
     args = build.parser().parse_args(argv)
-    index = build.main(args)
+    index = build.build_from_options(args)
     if args.wandb:
         print(f"wandb -> {log_report_to_wandb(index.parent, args.wandb)}")

@@ -111,7 +111,7 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> Path:
+def build_from_options(args: argparse.Namespace) -> Path:
     """Build the report `args` ask for (parsed by `parser()`); return its index.html. Exits with a
     message when the runs folder is missing or the report cannot be made as asked."""
     if args.thumbnail_size < 16:
