@@ -55,6 +55,7 @@ from semantix.metrics.base import FrameAveraged, SetMetric
 from semantix.registry import build_metrics
 from semantix.store import RunStore, StoredFileError, run_identity
 from semantix.types import MethodOutput, Sample
+from semantix.weights import ensure_job_weights
 
 log = logging.getLogger(__name__)
 
@@ -193,11 +194,6 @@ class Runner:
             f"-shard{self.shard_index}of{self.shard_count}"
         )
         self._invocation: dict = {}
-        built = build_metrics(cfg.metrics)
-        self.metric_hashes = {name: stable_hash(_container(mcfg)) for name, mcfg in cfg.metrics.items()}
-        # Per-sample metrics score each output as it is made; set-level ones (FID) run once per run.
-        self.metrics = {n: m for n, m in built.items() if not isinstance(m, SetMetric)}
-        self.set_metrics = {n: m for n, m in built.items() if isinstance(m, SetMetric)}
         self.runs: list[MethodRun] = []
         for label, mcfg in cfg.method.items():
             if "_target_" not in mcfg:
@@ -207,6 +203,14 @@ class Runner:
                 )
             run_dir, identity = run_directory(cfg, labels, label)
             self.runs.append(MethodRun(label, instantiate(mcfg), RunStore(run_dir), identity))
+        # Every weight file of the job, before any is loaded: fetched when missing and allowed, else one
+        # error naming them all (semantix.weights).
+        ensure_job_weights(cfg, backbone=any(run.method.uses_backbone for run in self.runs))
+        built = build_metrics(cfg.metrics)
+        self.metric_hashes = {name: stable_hash(_container(mcfg)) for name, mcfg in cfg.metrics.items()}
+        # Per-sample metrics score each output as it is made; set-level ones (FID) run once per run.
+        self.metrics = {n: m for n, m in built.items() if not isinstance(m, SetMetric)}
+        self.set_metrics = {n: m for n, m in built.items() if isinstance(m, SetMetric)}
         self.backbone = None
         # sample id -> the sha256 of its input files as the manifest now gives them (see _inputs_changed)
         self._expected_inputs: dict[str, dict | None] = {}

@@ -201,3 +201,16 @@ def test_semantix_weights_command_lists_and_fetch_says_what_to_copy_offline(empt
     assert "to do    metrics.gram.weights: download https://download.pytorch.org/models/vgg19-dcbb9e9d.pth" \
         in fetched.stdout
     assert "0 fetched, 9 still missing (offline" in fetched.stdout
+
+
+def test_a_job_stops_before_loading_anything_with_one_error_naming_all_missing_files(empty_caches, monkeypatch):
+    from semantix.runner import Runner
+
+    monkeypatch.setenv("SEMANTIX_OFFLINE", "1")
+    cfg, labels = compose_job(["metrics=image_style", "backbone=sd15", "method=identity", "dataset.limit=1",
+                               f"paths.results_dir={empty_caches / 'results'}"])
+    with pytest.raises(WeightsNotFoundError) as info:
+        Runner(cfg, labels)
+    message = str(info.value)
+    assert message.startswith("9 weight file(s)") and "metrics.clip_content.weights" in message
+    assert "backbone.pretrained" not in message  # identity uses no backbone: SD1.5 is not needed

@@ -181,13 +181,14 @@ def backbone_weights(config: Mapping[str, Any]) -> Iterator[WeightFile]:
             yield from _hub_files(setting, what, str(value), files, revision)
 
 
-def job_weights(cfg: Mapping[str, Any]) -> list[WeightFile]:
-    """Every weight file the composed job `cfg` needs (resolved values), in backbone, metrics, methods order."""
+def job_weights(cfg: Mapping[str, Any], backbone: bool = True) -> list[WeightFile]:
+    """Every weight file the composed job `cfg` needs (resolved values), in backbone, metrics, methods
+    order; `backbone=False` leaves the backbone's out (a job whose methods use none)."""
     from omegaconf import DictConfig, OmegaConf
 
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
-    files = list(backbone_weights(cfg.get("backbone") or {}))
+    files = list(backbone_weights(cfg.get("backbone") or {})) if backbone else []
     for label, config in (cfg.get("metrics") or {}).items():
         files += metric_weights(label, config)
     for label, config in (cfg.get("method") or {}).items():
@@ -232,9 +233,9 @@ def _can_download(file: WeightFile) -> bool:
     return file.url is not None and downloads_allowed(file.url)
 
 
-def ensure_job_weights(cfg: Mapping[str, Any]) -> None:
+def ensure_job_weights(cfg: Mapping[str, Any], backbone: bool = True) -> None:
     """The download policy (module docstring): fetch what is missing, or one error naming all of it."""
-    missing = [file for file in job_weights(cfg) if file.found is None]
+    missing = [file for file in job_weights(cfg, backbone) if file.found is None]
     unobtainable = [file for file in missing if not _can_download(file)]
     if unobtainable:
         lines = "\n".join(f"  - {f.setting}: {f.what}, {f.source}\n      looked in: {f.locations[0]}\n"
