@@ -23,11 +23,15 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
+
+# torch is imported where used: `semantix-bench` checks its results directory through this module
+# before it announces the job, and torch takes seconds to import.
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +227,7 @@ def stable_hash(obj: Any, length: int = 12) -> str:
 
 def quantize(image: torch.Tensor) -> torch.Tensor:
     """Round a [0, 1] image to the 8-bit grid it will be stored on."""
-    return torch.round(image.clamp(0, 1) * 255.0) / 255.0
+    return (image.clamp(0, 1) * 255.0).round() / 255.0
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -239,6 +243,8 @@ def image_to_png_bytes(image: torch.Tensor) -> bytes:
 
 
 def png_bytes_to_image(data: bytes) -> torch.Tensor:
+    import torch
+
     with Image.open(io.BytesIO(data)) as im:
         array = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from semantix.io import stable_hash
+
+if TYPE_CHECKING:  # annotations only: the loggers are built before the job imports torch
+    import torch
 
 THUMBNAIL_SIZE = 256  # longest side of the images in the end-of-run table, px
 
@@ -35,10 +37,20 @@ class NullLogger:
 
 
 def wandb_mode(mode: str) -> str:
-    """"auto": online when WANDB_API_KEY is set, else offline (sync later with `wandb sync`)."""
-    if mode == "auto":
-        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    return mode
+    """"auto": online when wandb finds credentials by any of its own means (WANDB_API_KEY, the netrc
+    entry `wandb login` writes, an api_key setting), else offline (sync later with `wandb sync`)."""
+    if mode != "auto":
+        return mode
+    import wandb
+
+    # wandb's own check for credentials without prompting; verify=False: no round trip to the server.
+    return "online" if wandb.login(prompt=False, verify=False) else "offline"
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The wandb run id of a run directory: the same on every invocation, so a resumed run continues
+    its wandb run (`resume="allow"`) instead of starting a second one."""
+    return stable_hash(str(Path(run_dir).resolve()), length=16)
 
 
 class WandbLogger(NullLogger):
@@ -59,7 +71,7 @@ class WandbLogger(NullLogger):
         self._runs[label] = self._wandb.init(
             project=self.project, entity=self.entity, mode=self.mode, dir=str(run_dir),
             name=f"{run_dir.parent.parent.parent.name}/{label}", group=run_dir.parent.name,
-            config=config, reinit="create_new",
+            config=config, reinit="create_new", id=wandb_run_id(run_dir), resume="allow",
         )
         self._images_logged[label] = 0
         self._run_dirs[label] = Path(run_dir)

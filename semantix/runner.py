@@ -177,6 +177,28 @@ def _error_entry(stage: str, error: BaseException) -> dict:
     }
 
 
+class MethodBars:
+    """One progress bar per method of the job, labelled with the method and showing its ok / failed /
+    skipped counts (the loop goes sample by sample, so every method's bar moves as it goes)."""
+
+    def __init__(self, runs: list[MethodRun], n_samples: int, enabled: bool):
+        self._bars = {run.label: tqdm(total=n_samples, desc=run.label, unit="sample", position=i, disable=not enabled)
+                      for i, run in enumerate(runs)}
+
+    def update(self, run: MethodRun) -> None:
+        """One more sample of `run` done (after its counts were updated)."""
+        bar = self._bars[run.label]
+        bar.set_postfix({"ok": run.ok, "failed": run.failed, "skipped": run.skipped}, refresh=False)
+        bar.update(1)
+
+    def __enter__(self) -> MethodBars:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
 class Runner:
     """Runs one job. Build it from a composed config; call `run()`."""
 
@@ -220,6 +242,8 @@ class Runner:
         # Before anything slow: a results directory that cannot be written stops the job (exit 101).
         check_writable_directory(Path(self.cfg.paths.results_dir))
         remove_stale_temporaries(Path(self.cfg.paths.results_dir), recursive=False)  # e.g. of the leaderboard
+        for run in self.runs:  # named now, not only in the summary: a long job can be watched from the start
+            log.info("%s: run directory %s", run.label, run.run_dir)
         if any(run.method.uses_backbone for run in self.runs):
             log.info("loading backbone %s", self.labels.backbone)
             self.backbone = instantiate(self.cfg.backbone)
@@ -323,15 +347,13 @@ class Runner:
     def run(self) -> JobResult:
         self._prepare()
         sample_ids = self.sample_ids
-        total = len(sample_ids) * len(self.runs)
         progress_enabled = self.cfg.runner.progress
         batch_size = int(self.cfg.runner.get("batch_size", 1))
         if batch_size < 1:
             raise ValueError(f"runner.batch_size must be >= 1, got {batch_size}")
-        with logging_redirect_tqdm(), tqdm(total=total, desc=self.labels.experiment, unit="item",
-                                           disable=not progress_enabled) as bar:
+        with logging_redirect_tqdm(), MethodBars(self.runs, len(sample_ids), progress_enabled) as bars:
             for start in range(0, len(sample_ids), batch_size):
-                self._process_group(sample_ids[start:start + batch_size], bar)
+                self._process_group(sample_ids[start:start + batch_size], bars)
         self._finish()
         return JobResult(self.runs)
 
@@ -370,7 +392,7 @@ class Runner:
         expected = self._expected_inputs[sample_id]
         return expected is not None and record.get("inputs") != expected
 
-    def _process_group(self, sample_ids: list[str], bar: tqdm) -> None:
+    def _process_group(self, sample_ids: list[str], bars: MethodBars) -> None:
         """Up to `runner.batch_size` samples: load each once, then each method on those it still needs.
 
         A method with `supports_batch` gets them in one `call_batch`; if that call fails, each sample
@@ -382,7 +404,7 @@ class Runner:
             for run in self.runs:
                 if work[sid][run.label][0] == "skip":
                     run.skipped += 1
-                    bar.update(1)
+                    bars.update(run)
             if all(kind == "skip" for kind, _ in work[sid].values()):
                 continue
             start = time.perf_counter()
@@ -392,17 +414,17 @@ class Runner:
                 for run in self.runs:
                     if work[sid][run.label][0] == "run":
                         self._write_failure(run, sid, sample_seed(self.cfg.seed, sid), _error_entry("load", e), {})
-                        bar.update(1)
+                        bars.update(run)
         for run in self.runs:
             to_run = [loaded[sid] for sid in loaded if work[sid][run.label][0] == "run"]
-            self._run_method(run, to_run, bar)
+            self._run_method(run, to_run, bars)
             for sid, (sample, _) in loaded.items():
                 kind, metric_names = work[sid][run.label]
                 if kind == "rescore":
                     self._rescore(run, sample, metric_names)
-                    bar.update(1)
+                    bars.update(run)
 
-    def _run_method(self, run: MethodRun, samples: list[tuple[Sample, float]], bar: tqdm) -> None:
+    def _run_method(self, run: MethodRun, samples: list[tuple[Sample, float]], bars: MethodBars) -> None:
         """Run the method on `samples` ((sample, load seconds) pairs), batched when it can be."""
         if not run.method.supports_video:
             for sample, _ in samples:
@@ -411,7 +433,7 @@ class Runner:
                                        f"every frame (method=frames_{run.label}, or a frame_by_frame config wrapping it)")
                     self._write_failure(run, sample.sample_id, sample_seed(self.cfg.seed, sample.sample_id),
                                         _error_entry("method", error), sample.input_sha256)
-                    bar.update(1)
+                    bars.update(run)
             samples = [(sample, load_s) for sample, load_s in samples if not sample.is_video]
         if len(samples) > 1 and run.method.supports_batch:
             seeds = [sample_seed(self.cfg.seed, sample.sample_id) for sample, _ in samples]
@@ -427,7 +449,7 @@ class Runner:
                 for (sample, load_s), seed, output in zip(samples, seeds, outputs, strict=True):
                     self._record_output(run, sample, seed, output, {"load_s": round(load_s, 4),
                                         "method_s": round(share, 4), "batch": len(samples)})
-                    bar.update(1)
+                    bars.update(run)
                 return
         for sample, load_s in samples:
             seed = sample_seed(self.cfg.seed, sample.sample_id)
@@ -441,8 +463,7 @@ class Runner:
             else:
                 self._record_output(run, sample, seed, output, {"load_s": round(load_s, 4),
                                     "method_s": round(time.perf_counter() - start, 4)})
-            bar.update(1)
-            bar.set_postfix(failed=sum(r.failed for r in self.runs))
+            bars.update(run)
 
     def _record_output(self, run: MethodRun, sample: Sample, seed: int, output: MethodOutput, timings: dict) -> None:
         """Check, score and store one output (or its failure)."""

@@ -18,10 +18,16 @@ TESTS_DIR = Path(__file__).resolve().parent
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
+def _isolated_environment(tmp_path_factory, monkeypatch):
+    """Caches in the test session's temporary folder; no downloads; wandb offline and credential-free."""
     monkeypatch.setenv("SEMANTIX_CACHE", str(tmp_path_factory.getbasetemp() / "semantix-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("WANDB_MODE", "offline")
+    # No developer's `wandb login` (netrc entry, settings file) may turn a test's logger=wandb online.
+    wandb_home = tmp_path_factory.getbasetemp() / "wandb-home"
+    monkeypatch.setenv("NETRC", str(wandb_home / "netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(wandb_home / "config"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
 
 
 def write_png(path: Path, size=(96, 80), seed=0, mode="RGB") -> Path:

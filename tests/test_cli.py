@@ -11,9 +11,10 @@ import sys
 import time
 
 import pandas as pd
-from conftest import TESTS_DIR, run_cli, write_png
+from conftest import REPO, TESTS_DIR, run_cli, write_png
 from harness import comparable
 
+from semantix.cli import BENCH_DESCRIPTION, BENCH_EXAMPLES, method_key_problems
 from semantix.store import RunStore
 
 
@@ -34,7 +35,8 @@ def test_default_demo_run_and_resume(tmp_path):
     assert str(dirs[0]) in log and "leaderboard.csv" in log
     table = pd.read_csv(results / "leaderboard.csv")
     assert len(table) == 8 and (table["n_failed"] == 0).all()
-    assert table.set_index("method").loc["semantix_20steps", "weights"].startswith("RANDOM")
+    assert table.set_index("method").loc["semantix_20steps", "weights"] == ("tiny: trained 64 px VAE, random UNet: "
+                                                                           "not a quality result")
     assert {"ssim_grey_mean", "colour_histogram_mean"} <= set(table.columns)
     by_method = table.set_index("method")
     # Real numbers: identity keeps the structure exactly; colour transfer gets closer to the references.
@@ -189,3 +191,109 @@ def test_calibration_sweep_warns_on_inert_guidance_and_the_report_plots_it(tmp_p
     assert text.count("guidance never reached the clamp") == 1
     plots = {p.name.split("__")[-1] for p in (report / "plots").glob("*.png")}
     assert {"calibration-guidance_clamp_fraction.png", "calibration-match_displacement.png"} <= plots
+
+
+# -- a CLI that explains itself ---------------------------------------------------------------------
+def test_help_opens_with_what_it_does_and_the_readme_examples_then_hydras_help(tmp_path):
+    out = run_cli(["semantix-bench", "--help"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith(BENCH_DESCRIPTION)
+    positions = [out.stdout.index(f"  {command}\n") for command, _ in BENCH_EXAMPLES]
+    assert len(positions) == 5 and positions == sorted(positions)
+    assert out.stdout.index("== Configuration groups ==") > positions[-1]  # Hydra's help comes after
+    readme = (REPO / "README.md").read_text()
+    using_it = readme[readme.index("## Using it"):].split("```")[1]
+    readme_commands = [line.split("#")[0].strip() for line in using_it.splitlines()[1:6]]
+    assert readme_commands == [command for command, _ in BENCH_EXAMPLES], "README's Using it block opens with them"
+
+
+def test_unqualified_or_unknown_method_keys_are_told_the_right_form():
+    assert method_key_problems(["method=semantix", "method.semantix.num_steps=2"]) == []
+    assert method_key_problems(["dataset.limit=2", "+method.extra={_target_: x}"]) == []  # no method.* change
+    [unqualified] = method_key_problems(["method=[semantix,styleid]", "method.num_steps=2,3"])
+    assert "method.semantix.num_steps=2,3 or method.styleid.num_steps=2,3" in unqualified
+    assert "method.<label>.<key>" in unqualified and "labels in this job: semantix, styleid" in unqualified
+    [nowhere] = method_key_problems(["method=reinhard", "method.num_stepz=2"])
+    assert "'num_stepz'" in nowhere and "labels in this job: reinhard" in nowhere
+    [unknown] = method_key_problems(["method=reinhard", "method.reinhard.epz=1"])
+    assert "method 'reinhard' has no parameter 'epz'" in unknown and "eps" in unknown
+    assert method_key_problems(["method=reinhardt", "method.eps=1"]) == []  # Hydra names the bad choice
+
+
+def test_unqualified_method_key_stops_before_any_work_with_the_message(tmp_path):
+    out = run_cli(["semantix-bench", "method=semantix", "method.num_steps=2", f"paths.results_dir={tmp_path / 'r'}"],
+                  cwd=tmp_path)
+    assert out.returncode == 101
+    assert "write method.semantix.num_steps=2 (the labels in this job: semantix)" in out.stderr
+    assert "not in struct" not in out.stderr and not (tmp_path / "r").exists()
+
+
+def test_cli_imports_no_heavy_library_before_announcing_the_job(tmp_path):
+    # semantix.io: the results-directory check runs before the job is announced
+    code = ("import sys, semantix.cli, semantix.io; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'pandas', 'wandb') if m in sys.modules))")
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "[]"
+
+
+def test_job_is_announced_first_run_dirs_named_at_start_one_bar_per_method(tmp_path):
+    results = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
+    script = os.path.join(os.path.dirname(sys.executable), "semantix-bench")
+    start = time.perf_counter()
+    proc = subprocess.Popen([script, "method=[identity,reinhard]", "dataset.limit=2", f"paths.results_dir={results}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first_line = proc.stdout.readline()
+    first_line_s = time.perf_counter() - start
+    log = first_line + proc.stdout.read()
+    assert proc.wait() == 0, log[-3000:]
+    assert "job: experiment=demo dataset=demo backbone=tiny metrics=demo, method(s) identity, reinhard" in first_line
+    # 2 s on an idle 2-core machine; the bound leaves room for a loaded one (torch alone imports in ~4 s).
+    assert first_line_s < 6, first_line_s
+    dirs = {d.name.rsplit("-", 1)[0]: d for d in run_dirs(results)}
+    named = [log.index(f"{label}: run directory {dirs[label]}") for label in ("identity", "reinhard")]
+    first_bar = min(log.index(f"{label}:  ") for label in ("identity", "reinhard"))
+    assert max(named) < first_bar  # named before any sample ran
+    for label in ("identity", "reinhard"):
+        assert re.search(rf"{label}: 100%\|.*\| 2/2 .*ok=2, failed=0, skipped=0", log), label
+
+
+# -- wandb: online when logged in by any of wandb's means; a resumed run continues its wandb run --------
+def _wandb_auto_mode(tmp_path, **files_and_env) -> str:
+    """`logger=wandb mode=auto` as a fresh process resolves it, in a home of its own (no network)."""
+    home = tmp_path / "home"
+    home.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
+    env.update(HOME=str(home), WANDB_CONFIG_DIR=str(home / ".config" / "wandb"), WANDB_SILENT="true",
+               **files_and_env.get("env", {}))
+    for name, text in files_and_env.get("files", {}).items():
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        (home / name).write_text(text)
+        (home / name).chmod(0o600)
+    code = "from semantix.loggers import wandb_mode; print(wandb_mode('auto'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_wandb_goes_online_when_logged_in_by_netrc_settings_or_key_else_offline(tmp_path):
+    key = "0123456789abcdef0123456789abcdef01234567"  # a key's shape; never sent (no network here)
+    assert _wandb_auto_mode(tmp_path / "none") == "offline"
+    assert _wandb_auto_mode(tmp_path / "netrc", files={".netrc": f"machine api.wandb.ai\n  login user\n  password {key}\n"}) == "online"
+    assert _wandb_auto_mode(tmp_path / "settings", files={".config/wandb/settings": f"[default]\napi_key = {key}\n"}) == "online"
+    assert _wandb_auto_mode(tmp_path / "env", env={"WANDB_API_KEY": key}) == "online"
+
+
+def test_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch):
+    from semantix.loggers import WandbLogger, wandb_run_id
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "runs" / "demo" / "demo" / "tiny" / "identity-0123"
+    run_dir.mkdir(parents=True)
+    for _ in range(2):  # the first invocation, then a resume
+        logger = WandbLogger(mode="offline")
+        logger.start_run("identity", run_dir, {"seed": 0})
+        logger._runs.pop("identity").finish()
+    ids = {p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")}
+    assert ids == {wandb_run_id(run_dir)}
+    assert wandb_run_id(run_dir) != wandb_run_id(run_dir.with_name("identity-4567"))

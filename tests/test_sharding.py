@@ -10,10 +10,9 @@ import plugins_for_tests
 import pytest
 from conftest import run_cli
 from harness import composed, manifest_overrides, run_job
-from tqdm.auto import tqdm
 
 from semantix.leaderboard import build_table, write_leaderboard
-from semantix.runner import Runner, shard_ids
+from semantix.runner import MethodBars, Runner, shard_ids
 from semantix.store import RunStore
 
 GAP = "+metrics.brightness_gap={_target_: plugins_for_tests.MeanBrightnessGap}"
@@ -89,9 +88,9 @@ def test_provenance_survives_interleaved_shards(small_dataset, tmp_path):
         runners.append(Runner(cfg, labels))
     for runner in runners:  # both write their run files before either processes a sample
         runner._prepare()
-    bar = tqdm(disable=True)
     for runner in runners:
-        runner._process_group(runner.sample_ids, bar)
+        with MethodBars(runner.runs, len(runner.sample_ids), enabled=False) as bars:
+            runner._process_group(runner.sample_ids, bars)
     for runner in reversed(runners):  # the later-started shard finishes first
         runner._finish()
     run_dir = runners[0].runs[0].run_dir
