@@ -55,7 +55,7 @@ from semantix.metrics.base import FrameAveraged, SetMetric
 from semantix.registry import build_metrics
 from semantix.store import RunStore, StoredFileError, run_identity
 from semantix.types import MethodOutput, Sample
-from semantix.weights import ensure_job_weights
+from semantix.weights import backbone_identity, ensure_job_weights
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,11 @@ def _container(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def run_directory(cfg: DictConfig, labels: RunLabels, label: str) -> tuple[Path, dict]:
-    """Method `label`'s run directory, named by the hash of its identity, and that identity."""
+def run_directory(cfg: DictConfig, labels: RunLabels, label: str, uses_backbone: bool = True) -> tuple[Path, dict]:
+    """Method `label`'s run directory, named by the hash of its identity, and that identity. The backbone's
+    weights enter it by content, not by how they were found (`semantix.weights.backbone_identity`)."""
     identity = run_identity(cfg, label)
+    identity["backbone"] = backbone_identity(identity["backbone"], uses_backbone)
     root = Path(cfg.paths.results_dir) / "runs"
     return root / labels.experiment / labels.dataset / labels.backbone / f"{label}-{stable_hash(identity)}", identity
 
@@ -216,18 +218,21 @@ class Runner:
             f"-shard{self.shard_index}of{self.shard_count}"
         )
         self._invocation: dict = {}
-        self.runs: list[MethodRun] = []
+        methods = {}
         for label, mcfg in cfg.method.items():
             if "_target_" not in mcfg:
                 raise ValueError(
                     f"method {label!r} has no _target_: values were set for a method that no conf/method "
                     f"file selects (an experiment or override setting method.{label}.* without selecting it?)"
                 )
-            run_dir, identity = run_directory(cfg, labels, label)
-            self.runs.append(MethodRun(label, instantiate(mcfg), RunStore(run_dir), identity))
+            methods[label] = instantiate(mcfg)
         # Every weight file of the job, before any is loaded: fetched when missing and allowed, else one
-        # error naming them all (semantix.weights).
-        ensure_job_weights(cfg, backbone=any(run.method.uses_backbone for run in self.runs))
+        # error naming them all (semantix.weights). Run identities then read what the weights are.
+        ensure_job_weights(cfg, backbone=any(method.uses_backbone for method in methods.values()))
+        self.runs: list[MethodRun] = []
+        for label, method in methods.items():
+            run_dir, identity = run_directory(cfg, labels, label, method.uses_backbone)
+            self.runs.append(MethodRun(label, method, RunStore(run_dir), identity))
         built = build_metrics(cfg.metrics)
         self.metric_hashes = {name: stable_hash(_container(mcfg)) for name, mcfg in cfg.metrics.items()}
         # Per-sample metrics score each output as it is made; set-level ones (FID) run once per run.

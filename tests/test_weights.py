@@ -70,6 +70,7 @@ def test_config_dir_is_the_checkout_conf():
 # --- the weights of a job ---------------------------------------------------------------------------
 
 import hashlib  # noqa: E402
+import json  # noqa: E402
 import http.server  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -214,3 +215,41 @@ def test_a_job_stops_before_loading_anything_with_one_error_naming_all_missing_f
     message = str(info.value)
     assert message.startswith("9 weight file(s)") and "metrics.clip_content.weights" in message
     assert "backbone.pretrained" not in message  # identity uses no backbone: SD1.5 is not needed
+
+
+# --- identity by content ----------------------------------------------------------------------------
+
+
+def test_run_identity_is_what_the_weights_are_not_how_they_were_found(empty_caches, monkeypatch):
+    import shutil
+
+    from semantix.backbones.sd15 import EXPECTED_FILES
+    from semantix.runner import run_directory
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(empty_caches / "xdg"))
+    folder = empty_caches / "sd15"  # the files' content is all the identity reads: nothing is loaded
+    for i, (name, *_) in enumerate(EXPECTED_FILES):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(f"content {i}".encode())
+    copy = shutil.copytree(folder, empty_caches / "elsewhere" / "same-weights")
+    for file in folder.rglob("*"):
+        if file.is_file():
+            _hub_cache_file(empty_caches / "hf", "semantix-tests/sd15", str(file.relative_to(folder)), file.read_bytes())
+
+    def directory(*overrides, method="semantix_20steps", uses_backbone=True):
+        cfg, labels = compose_job(["backbone=sd15", f"method={method}", *overrides])
+        return run_directory(cfg, labels, method, uses_backbone)
+
+    by_folder, identity = directory(f"backbone.pretrained={folder}")
+    assert set(identity["backbone"]["weights"]) == {"backbone.pretrained"}
+    assert "pretrained" not in identity["backbone"] and "local_files_only" not in identity["backbone"]
+    assert directory(f"backbone.pretrained={copy}")[0] == by_folder
+    assert directory("backbone.pretrained=semantix-tests/sd15", "backbone.local_files_only=true")[0] == by_folder
+    assert len(json.loads((empty_caches / "xdg" / "semantix" / "sha256.json").read_text())) > 0  # hashed once
+
+    (copy / "unet" / "config.json").write_text((copy / "unet" / "config.json").read_text() + " ")
+    assert directory(f"backbone.pretrained={copy}")[0] != by_folder  # other files: another run
+    # A method that uses no backbone: its run does not depend on the backbone's weights at all.
+    no_backbone = directory(f"backbone.pretrained={empty_caches / 'absent'}", method="identity", uses_backbone=False)
+    assert "weights" not in no_backbone[1]["backbone"]
+    assert no_backbone[0] == directory(f"backbone.pretrained={folder}", method="identity", uses_backbone=False)[0]

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from semantix.io import atomic_write_bytes
 from semantix.runtime import downloads_allowed, hub_downloads_allowed
 from semantix.types import WeightsNotFoundError
 
@@ -49,6 +52,7 @@ class WeightFile:
     setting: str                 # the config key that selects it, e.g. "metrics.lpips.weights"
     what: str                    # what it is, for people
     locations: tuple[Path, ...]  # where it is looked for, in order (alternatives)
+    names: tuple[str, ...] = ()  # each location's name inside its folder or repository ("unet/config.json")
     url: str | None = None       # fetched with torch.hub into locations[0]
     hub_repo: str | None = None  # fetched with huggingface_hub: (hub_repo, hub_file, revision)
     hub_file: str | None = None
@@ -83,13 +87,14 @@ def _hub_files(setting: str, what: str, repo: str, files: tuple[tuple[str, ...],
     for alternatives in files:
         locations = tuple(_hub_cache_path(repo, name, revision) for name in alternatives)
         found = next((i for i, path in enumerate(locations) if path.is_file()), 0)
-        yield WeightFile(setting, what, locations[found:] + locations[:found], hub_repo=repo,
+        yield WeightFile(setting, what, locations[found:] + locations[:found],
+                         alternatives[found:] + alternatives[:found], hub_repo=repo,
                          hub_file=alternatives[found], revision=revision)
 
 
 def _local_files(setting: str, what: str, folder: Path, files: tuple[tuple[str, ...], ...]) -> Iterator[WeightFile]:
     for alternatives in files:
-        yield WeightFile(setting, what, tuple(folder / name for name in alternatives))
+        yield WeightFile(setting, what, tuple(folder / name for name in alternatives), tuple(alternatives))
 
 
 def _torch_hub_file(setting: str, name: str) -> WeightFile:
@@ -100,7 +105,7 @@ def _torch_hub_file(setting: str, name: str) -> WeightFile:
         (filename,) = entry["hub_files"]
         (file,) = _hub_files(setting, entry["what"], entry["hub"], ((filename,),))
         extra = (Path(torch.hub.get_dir()) / "checkpoints" / filename,)  # where a copy may also sit
-        return WeightFile(**{**file.__dict__, "locations": file.locations + extra})
+        return WeightFile(**{**file.__dict__, "locations": file.locations + extra, "names": file.names + (filename,)})
     filename = entry["url"].rsplit("/", 1)[-1]
     return WeightFile(setting, entry["what"], (Path(torch.hub.get_dir()) / "checkpoints" / filename,),
                       url=entry["url"], sha256_prefix=entry.get("sha256_prefix"),
@@ -174,7 +179,7 @@ def backbone_weights(config: Mapping[str, Any]) -> Iterator[WeightFile]:
         path = Path(str(value)).expanduser()
         if path.is_dir() or path.is_file() or not HUB_ID.fullmatch(str(value)):
             if path.is_file():  # a single-file checkpoint
-                yield WeightFile(setting, what, (path,))
+                yield WeightFile(setting, what, (path,), ("",))
             else:
                 yield from _local_files(setting, what, path, files)
         else:
@@ -300,3 +305,55 @@ def _layout_matches(path: Path, architecture: str, setting: str) -> tuple[bool, 
         return True, f"key layout of {architecture} ({len(expected)} tensors)"
     wrong = sorted(set(expected) ^ set(actual)) or [k for k in expected if expected[k] != actual[k]]
     return False, f"not {architecture}'s key layout ({len(wrong)} differ, e.g. {wrong[:3]})"
+
+
+# -- identity by content -----------------------------------------------------------------------------
+# Backbone settings that say how the weights are found, not what they are: a run identity replaces them
+# by the weights' content, so a hub id, a copy of its files elsewhere and local_files_only=true all name
+# the same run directory.
+LOOKUP_SETTINGS = ("pretrained", "revision", "local_files_only", "motion_adapter", "motion_adapter_revision")
+
+
+def _hash_cache_file() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "semantix" / "sha256.json"
+
+
+def content_sha256(path: Path) -> str:
+    """The sha256 of a weight file: a Hugging Face cache blob is named by it (LFS files); any other file
+    is hashed once and remembered by resolved path, size and modification time (`_hash_cache_file`)."""
+    resolved = path.resolve()
+    if "blobs" in resolved.parts and re.fullmatch(r"[0-9a-f]{64}", resolved.name):
+        return resolved.name
+    stat = resolved.stat()
+    key = f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache_file = _hash_cache_file()
+    try:
+        cache = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        log.info("hashing %s (once: remembered by path, size and modification time)", resolved)
+        cache[key] = sha256(resolved)
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cache_file, json.dumps(cache, indent=0, sort_keys=True).encode())
+    return cache[key]
+
+
+def backbone_identity(backbone_cfg: Mapping[str, Any], uses_backbone: bool) -> dict[str, Any]:
+    """The backbone section of a run identity: for SD1.5 and AnimateDiff the lookup settings are
+    replaced by `weights` (per setting, a sha256 over its files' names and sha256s), and dropped for
+    a method that uses no backbone; other backbones' sections are returned as they are."""
+    section = dict(backbone_cfg)
+    if section.get("name") not in ("sd15", "animatediff"):
+        return section
+    section = {key: value for key, value in section.items() if key not in LOOKUP_SETTINGS}
+    if uses_backbone:
+        listing: dict[str, list[str]] = {}
+        for file in backbone_weights(backbone_cfg):
+            if file.found is None:
+                raise WeightsNotFoundError(f"{file.setting}: {file.locations[0]} is missing (run identity)")
+            name = file.names[file.locations.index(file.found)]
+            listing.setdefault(file.setting, []).append(f"{name} {content_sha256(file.found)}")
+        section["weights"] = {setting: hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+                              for setting, lines in listing.items()}
+    return section
