@@ -21,11 +21,13 @@ shows whether the guidance acted and whether matches follow content or position.
 
 The `backbone` and `weights` columns say where numbers come from: rows of the `tiny` backbone are
 random-weight runs that test the code, never quality results, and the Markdown table says so.
+`random_metric_weights` and `metric_weights_overridden` (booleans) say the same of the metrics' networks.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,18 @@ def weights_label(prov: dict) -> str:
     return f"{ref}@{revision}" if revision else str(ref)
 
 
+def metric_weights_flags(run: RunSummary) -> tuple[bool, bool]:
+    """(random, overridden): whether a metric of the run scores with seeded random weights (its config in
+    metric_info says `random` for any weights setting), and whether a metric's weights were set on the
+    command line (`metrics.<name>.<...weights>=...`): either way the numbers are not the preset's
+    published networks'."""
+    configs = [(info.get("config") or {}) for info in run.metric_info.values()]
+    random = any(value == "random" for config in configs for key, value in config.items() if key.endswith("weights"))
+    overridden = any(re.match(r"[+~]*metrics\.[^=]+weights=", override)
+                     for override in run.provenance.get("overrides") or [])
+    return random, overridden
+
+
 def summarise(run: RunSummary) -> dict:
     prov = run.provenance
     git = prov.get("git") or {}
@@ -92,6 +106,7 @@ def summarise(run: RunSummary) -> dict:
         "n_manifest": (prov.get("data") or {}).get("n_manifest", n_expected),
     }
     row["partial"] = bool(len(ok) < row["n_manifest"])
+    row["random_metric_weights"], row["metric_weights_overridden"] = metric_weights_flags(run)
     metric_names = sorted({name for r in ok for name in r.get("metrics", {})})
     for name in metric_names:
         # Only values computed under the metric's current config (the run's metric_info) are averaged;

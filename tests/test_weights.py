@@ -253,3 +253,22 @@ def test_run_identity_is_what_the_weights_are_not_how_they_were_found(empty_cach
     no_backbone = directory(f"backbone.pretrained={empty_caches / 'absent'}", method="identity", uses_backbone=False)
     assert "weights" not in no_backbone[1]["backbone"]
     assert no_backbone[0] == directory(f"backbone.pretrained={folder}", method="identity", uses_backbone=False)[0]
+
+
+@pytest.mark.parametrize(("configs", "overrides", "expected"), [
+    ({"ssim_grey": {"name": "ssim_grey"}, "fid": {"name": "fid", "weights": "torch-fidelity"}}, [], (False, False)),
+    ({"fid": {"name": "fid", "weights": "random"}}, [], (True, False)),
+    ({"artfid": {"name": "artfid", "inception_weights": "art", "lpips_weights": "random"}}, [], (True, False)),
+    ({"clip_style": {"name": "clip_style", "weights": "/m/clip.pt"}}, ["metrics.clip_style.weights=/m/clip.pt"],
+     (False, True)),
+    ({"ssim_grey": {"name": "ssim_grey"}}, ["method=identity", "dataset.limit=2"], (False, False)),
+])
+def test_leaderboard_flags_random_or_overridden_metric_weights(tmp_path, configs, overrides, expected):
+    from semantix.leaderboard import metric_weights_flags, summarise
+    from semantix.store import RunSummary
+
+    run = RunSummary(tmp_path, {"overrides": overrides}, {name: {"config": c} for name, c in configs.items()},
+                     [], {}, {})
+    assert metric_weights_flags(run) == expected
+    row = summarise(run)
+    assert (row["random_metric_weights"], row["metric_weights_overridden"]) == expected
