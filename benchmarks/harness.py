@@ -38,17 +38,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
+from semantix import config as semantix_config
 from semantix import provenance
 from semantix.backbones import build_tiny
+from semantix.config import RunLabels
 from semantix.io import atomic_write_json
 from semantix.leaderboard import write_leaderboard
-from semantix.runner import RunLabels, Runner, sample_seed
+from semantix.runner import Runner, sample_seed
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 TARGETS = {"whole_job_over_bare_methods_max": 1.5}
 CONSISTENT = (0.8, 1.25)  # per-method job/bare range expected when the machine's load is steady
 
@@ -69,13 +69,7 @@ def compose_job(experiment: str, results_dir: Path, cache_dir: Path, device: str
         overrides.append(f"dataset.limit={limit}")
     if methods:
         overrides.append(f"method=[{','.join(methods)}]")
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    choices = cfg.hydra.runtime.choices
-    labels = RunLabels(choices.get("experiment") or "none", choices["dataset"], choices["backbone"],
-                       choices["metrics"], overrides=tuple(overrides))
-    with open_dict(cfg):
-        del cfg["hydra"]
+    cfg, labels = semantix_config.compose_job(overrides)
     return cfg, labels, overrides
 
 

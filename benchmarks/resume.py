@@ -37,30 +37,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from PIL import Image
 
 from semantix import provenance
+from semantix.config import RunLabels, compose_job
 from semantix.data.manifest import write_manifest
 from semantix.io import atomic_write_json, png_bytes_to_image
 from semantix.leaderboard import write_leaderboard
-from semantix.runner import RunLabels, Runner, sample_seed
+from semantix.runner import Runner, sample_seed
 from semantix.store import RunStore
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 TARGET_S = 5.0  # "a few seconds" for a finished 1000-sample run
-
-
-def _compose(overrides: list[str]) -> tuple[DictConfig, RunLabels]:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose(config_name="config", overrides=[*overrides, "runner.progress=false"], return_hydra_config=True)
-    choices = cfg.hydra.runtime.choices
-    labels = RunLabels(choices.get("experiment") or "none", choices["dataset"], choices["backbone"],
-                       choices["metrics"], overrides=tuple(overrides))
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg, labels
 
 
 def _resume_once(cfg: DictConfig, labels: RunLabels, verify: bool) -> float:
@@ -119,7 +107,7 @@ def demo(work: Path, methods: list[str] | None, repeats: int) -> dict:
     overrides = ["experiment=demo", f"paths.results_dir={work / 'demo'}", f"paths.cache_dir={work / 'demo-cache'}"]
     if methods:
         overrides.append(f"method=[{','.join(methods)}]")
-    cfg, labels = _compose(overrides)
+    cfg, labels = compose_job([*overrides, "runner.progress=false"])
     start = time.perf_counter()
     Runner(cfg, labels).run()
     first = time.perf_counter() - start
@@ -151,7 +139,7 @@ def synthetic(work: Path, n_records: int, repeats: int) -> dict:
     manifest = write_manifest(rows, data / "manifest.csv")
     overrides = ["dataset=manifest", f"dataset.manifest={manifest}", "method=identity", "metrics=demo",
                  f"paths.results_dir={work / 'synthetic'}", f"paths.cache_dir={work / 'synthetic-cache'}"]
-    cfg, labels = _compose(overrides)
+    cfg, labels = compose_job([*overrides, "runner.progress=false"])
     runner = Runner(cfg, labels)
     store = runner.runs[0].store
     start = time.perf_counter()

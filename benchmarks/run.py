@@ -60,13 +60,9 @@ def slug(name: str) -> str:
 
 def compare_style_methods() -> list[str]:
     """The method labels of conf/experiment/compare_style.yaml (each at its paper settings)."""
-    from hydra import compose, initialize_config_dir
+    from semantix.config import compose_config
 
-    from benchmarks.harness import CONF_DIR
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose(config_name="config", overrides=["experiment=compare_style"])
-    return list(cfg.method)
+    return list(compose_config(["experiment=compare_style"]).method)
 
 
 # -- projected cost --------------------------------------------------------------------------------

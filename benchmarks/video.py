@@ -30,23 +30,21 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from semantix import provenance
 from semantix.backbones.tiny import build_animatediff_random, build_tiny_video
+from semantix.config import compose_config
 from semantix.data.dataset import demo_video_dataset
 from semantix.io import atomic_write_json
 from semantix.methods.semantix import Semantix
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 TARGETS = {"h100_16_frames_512px_peak_gib_max": 40.0}
 
 
 def paper_semantix(name: str, **overrides) -> Semantix:
     """Semantix with the settings of conf/method/<name>.yaml as Hydra composes them, cache off."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        config = OmegaConf.to_container(compose("config", overrides=[f"method={name}"]).method[name])
+    config = OmegaConf.to_container(compose_config([f"method={name}"]).method[name])
     settings = {k: v for k, v in config.items() if k not in ("_target_", "name")}
     return Semantix(**{**settings, "cache_inversions": False, **overrides})
 
