@@ -8,8 +8,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from semantix.cli import root_cause
-from semantix.registry import build_metric_at
 from semantix.config import CONF_DIR, RunLabels, compose_job
+from semantix.registry import build_metric_at
 from semantix.types import WeightsNotFoundError
 
 

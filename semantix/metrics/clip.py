@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+
 import torch
 
 from semantix.checkpoints import refusing_pickled_code
