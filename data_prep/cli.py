@@ -8,7 +8,9 @@
 A source (SRC) is a Hugging Face hub dataset id, or a local folder, archive or saved dataset (see
 `data_prep.sources`). Every building command takes --out, --seed, --limit, --resolution and
 --cache-dir, shows a progress bar, and resumes: running it again reuses the files already written
-and verified by hash (`data_prep.common`). Exit status: 0 on success (skipped bad items included:
+and verified by hash (`data_prep.common`). With --limit, a hub source is streamed and only its first
+rows are fetched (`data_prep.sources.streamed_rows`), with a progress bar; without it, `datasets`
+downloads the source (its own progress bars) and caches it. Exit status: 0 on success (skipped bad items included:
 they are listed in source.json), 1 when `verify` finds a problem, 2 when a command cannot run.
 """
 

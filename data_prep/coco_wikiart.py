@@ -46,6 +46,7 @@ from data_prep.sources import (
     add_source_arguments,
     image_candidate,
     load_image_source,
+    streamed_rows,
 )
 from semantix.data import sha256_file
 
@@ -67,19 +68,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    contents = load_image_source(
-        args.contents, split=args.contents_split, revision=args.contents_revision, cache_dir=args.cache_dir
-    )
-    styles = load_image_source(
-        args.styles, split=args.styles_split, revision=args.styles_revision, cache_dir=args.cache_dir,
-        label_name="style",
-    )
-    captions = _load_captions(args.captions) if args.captions else {}
     limit = args.limit
     main_rows = min(args.pairs, limit) if limit else args.pairs
     # With --limit, StyleID rows are the first `limit` of the content-major grid.
     styleid_contents = min(args.styleid_contents, math.ceil(limit / args.styleid_styles)) if limit else args.styleid_contents
     styleid_styles = min(args.styleid_styles, limit) if limit else args.styleid_styles
+    contents = load_image_source(
+        args.contents, split=args.contents_split, revision=args.contents_revision, cache_dir=args.cache_dir,
+        max_rows=streamed_rows(limit, max(main_rows, styleid_contents)),
+    )
+    styles = load_image_source(
+        args.styles, split=args.styles_split, revision=args.styles_revision, cache_dir=args.cache_dir,
+        label_name="style", max_rows=streamed_rows(limit, max(main_rows, styleid_styles)),
+    )
+    captions = _load_captions(args.captions) if args.captions else {}
 
     preparer = Preparer(args.out)
     content_order = permutation(args.seed, "coco_wikiart/contents", len(contents))

@@ -11,6 +11,10 @@ uses only the `ImageSource` after that, so the hub and local sources share one c
   `imagefolder` over the archive;
 - anything that is not an existing path is a hub dataset id -> `datasets.load_dataset`, at the
   given revision (pin one for an exact rebuild; `source.json` records the commit it resolved to).
+  With `max_rows` (the commands pass it under `--limit`), a hub dataset is streamed and only its
+  first `max_rows` rows are read, so `--limit 4` fetches a few images, not the whole dataset; the
+  seeded sample is then drawn from those rows (a quick set from the hub is not the prefix of the full
+  set, as it is from a local source, which is read in place).
 
 The image column is read undecoded (`datasets.Image(decode=False)`): each command decodes the
 bytes itself (`data_prep.decode`), so that a bad file is a reported skip, not a crash in the
@@ -28,10 +32,12 @@ from typing import Any
 import datasets
 import fsspec
 import pyarrow.compute as pc
+from tqdm import tqdm
 
 from data_prep.common import Built, Candidate, PrepError, item_key, safe_id
 from data_prep.decode import BadItem, decode_image
 from semantix.data import resize_center_crop
+from semantix.io import stable_hash
 
 __all__ = [
     "DEFAULT_CONTENTS",
@@ -43,6 +49,7 @@ __all__ = [
     "add_source_arguments",
     "image_candidate",
     "load_image_source",
+    "streamed_rows",
 ]
 
 DEFAULT_CONTENTS = "detection-datasets/coco"
@@ -74,6 +81,7 @@ WIKIART_LICENCE = (
     "non-commercial research only and do not redistribute the prepared images."
 )
 
+STREAM_MARGIN_ROWS = 8
 _ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 # Columns that give an item's id, checked in this order (COCO copies use image_id).
 _ID_COLUMNS = ("image_id", "id")
@@ -107,7 +115,7 @@ class ImageSource:
 
     @property
     def fingerprint(self) -> str:
-        return self.dataset._fingerprint
+        return self.description["fingerprint"]
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -165,8 +173,12 @@ def load_image_source(
     revision: str | None = None,
     cache_dir: Path | None = None,
     label_name: str = "label",
+    max_rows: int | None = None,
 ) -> ImageSource:
-    """Load an image source (see the module docstring for the kinds); `PrepError` if it cannot be."""
+    """Load an image source (see the module docstring for the kinds); `PrepError` if it cannot be.
+
+    `max_rows`: read only the first rows of a hub dataset, streamed (local sources are read in place).
+    """
     path = Path(spec).expanduser()
     cache = str(cache_dir) if cache_dir is not None else None
     try:
@@ -191,9 +203,12 @@ def load_image_source(
             defaults = HUB_DEFAULTS.get(spec)
             split = split or (defaults.split if defaults else "train")
             data_files = defaults.data_files if defaults and defaults.split == split else None
-            dataset = datasets.load_dataset(
-                spec, split=split, revision=revision, data_files=data_files, cache_dir=cache
-            )
+            if max_rows is None:
+                dataset = datasets.load_dataset(
+                    spec, split=split, revision=revision, data_files=data_files, cache_dir=cache
+                )
+            else:
+                dataset = _first_rows_streamed(spec, split, revision, data_files, max_rows)
             description = {
                 "kind": kind,
                 "id": spec,
@@ -214,10 +229,36 @@ def load_image_source(
         raise PrepError(f"the source {spec!r} has no image column (its columns: {', '.join(dataset.features)})")
     if len(dataset) == 0:
         raise PrepError(f"the source {spec!r} has no rows")
-    description.update(
-        {"rows": len(dataset), "fingerprint": dataset._fingerprint, "columns": sorted(dataset.features)}
-    )
+    # A streamed prefix is a new in-memory dataset each time: its fingerprint (which keys the journal,
+    # so a rerun reuses what it wrote) comes from what was asked for, not from the object.
+    fingerprint = dataset._fingerprint if max_rows is None or kind != "hub" else stable_hash(
+        {**description, "first_rows": max_rows}, length=16)
+    description.update({"rows": len(dataset), "fingerprint": fingerprint, "columns": sorted(dataset.features)})
+    if max_rows is not None and kind == "hub":
+        description["streamed_first_rows"] = max_rows
     return ImageSource(spec, kind, dataset, image_columns[0], label_name, description)
+
+
+def streamed_rows(limit: int | None, needed: int) -> int | None:
+    """How many rows of a hub source to stream under `--limit` (None without it: the whole source).
+
+    Twice the images needed plus a margin, so the seeded order has a choice and a few bad items
+    can be skipped; the images are a few hundred kB each, so this stays a small download."""
+    return None if limit is None else 2 * needed + STREAM_MARGIN_ROWS
+
+
+def _first_rows_streamed(
+    spec: str, split: str, revision: str | None, data_files: dict[str, str] | None, max_rows: int
+) -> datasets.Dataset:
+    """The first `max_rows` rows of a hub dataset, streamed: only the data they need is downloaded."""
+    stream = datasets.load_dataset(spec, split=split, revision=revision, data_files=data_files, streaming=True)
+    if stream.features is None:
+        raise PrepError(f"{spec} does not declare its columns, so it cannot be streamed; run without --limit")
+    for name, feature in stream.features.items():
+        if isinstance(feature, datasets.Image):  # bytes as stored: a bad image is a reported skip later
+            stream = stream.cast_column(name, datasets.Image(decode=False))
+    rows = list(tqdm(stream.take(max_rows), total=max_rows, desc=f"streaming {spec}", unit="row", disable=None))
+    return datasets.Dataset.from_list(rows, features=stream.features)
 
 
 def _pick_split(loaded: datasets.Dataset | datasets.DatasetDict, split: str | None, spec: str) -> datasets.Dataset:

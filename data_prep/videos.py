@@ -56,6 +56,7 @@ from data_prep.sources import (
     add_source_arguments,
     image_candidate,
     load_image_source,
+    streamed_rows,
 )
 from semantix.data import REFERENCE_SEPARATOR, resize_center_crop
 
@@ -97,11 +98,11 @@ def run(args: argparse.Namespace) -> None:
         raise PrepError(f"{root} holds no clips (no frame folders, no {'/'.join(VIDEO_SUFFIXES)} files)")
     if any(clip.path.is_file() for clip in clips) and importlib.util.find_spec("av") is None:
         raise PrepError("decoding video files needs PyAV: pip install av (frame folders do not)")
+    wanted = min(args.clips, args.limit) if args.limit else args.clips
     styles = load_image_source(
         args.styles, split=args.styles_split, revision=args.styles_revision, cache_dir=args.cache_dir,
-        label_name="style",
+        label_name="style", max_rows=streamed_rows(args.limit, wanted),
     )
-    wanted = min(args.clips, args.limit) if args.limit else args.clips
     preparer = Preparer(args.out)
     clip_order = permutation(args.seed, "videos/clips", len(clips))
     prepared_clips = preparer.take(

@@ -386,6 +386,47 @@ def test_hub_and_local_sources_share_one_code_path(sources, tmp_path, monkeypatc
     assert hub_source["resolved_revision"] == "0123abc"
 
 
+def test_limit_streams_only_the_first_rows_of_a_hub_source(sources, tmp_path, monkeypatch, capsys):
+    """`--limit` reads a hub dataset streamed, and only the rows it needs (the hub is faked: offline)."""
+    import datasets
+
+    from data_prep import sources as sources_module
+    from data_prep.sources import streamed_rows
+
+    stored = datasets.load_from_disk(str(sources["styles"])).cast_column("image", datasets.Image(decode=False))
+    rows_read: list[int] = []
+
+    def hub_rows():
+        for index, row in enumerate(stored):
+            rows_read.append(index)
+            yield row
+
+    real_load_dataset = datasets.load_dataset
+
+    def fake_hub(repo_id, **kwargs):
+        if repo_id == "imagefolder":  # the local contents folder
+            return real_load_dataset(repo_id, **kwargs)
+        assert kwargs.get("streaming") is True, "a --limit run must not download the whole hub dataset"
+        return datasets.IterableDataset.from_generator(hub_rows, features=stored.features)
+
+    monkeypatch.setattr(sources_module.datasets, "load_dataset", fake_hub)
+    monkeypatch.setattr(sources_module, "_hub_commit", lambda repo_id, revision: "0123abc")
+    out = tmp_path / "hub"
+    args = ("coco_wikiart", "--contents", sources["contents"], "--styles", "huggan/wikiart", "--limit", 2,
+            "--pairs", 16, "--styleid-contents", 3, "--styleid-styles", 4, "--resolution", RES,
+            "--cache-dir", sources["cache"], "--out", out)
+    assert prep(*args) == 0
+    wanted = streamed_rows(2, 2)
+    # The first rows only (the stream may read one row ahead), not the whole source.
+    assert wanted <= len(rows_read) <= wanted + 1 < len(stored)
+    assert len(pd.read_csv(out / "manifest.csv")) == 2
+    styles = json.loads((out / "source.json").read_text())["sources"]["styles"]
+    assert styles["kind"] == "hub" and styles["streamed_first_rows"] == wanted and styles["rows"] == wanted
+    capsys.readouterr()
+    assert prep(*args) == 0  # a rerun streams the same rows and reuses every image it wrote
+    assert "0 item(s) written" in capsys.readouterr().out
+
+
 def test_verify_reports_altered_and_missing_files(sources, tmp_path, capsys):
     out = tmp_path / "cw"
     assert coco_wikiart(sources, out, "--pairs", 4) == 0
