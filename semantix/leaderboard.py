@@ -54,13 +54,23 @@ def mean_ci(values: list[float] | np.ndarray, confidence: float = CONFIDENCE) ->
     return mean, float(half)
 
 
+NOT_A_QUALITY_RESULT = "not a quality result"
+
+
+def is_quality_result(label: str) -> bool:
+    """False for a `weights_label` that says the numbers test the code (random or partly random weights)."""
+    return not str(label).endswith(NOT_A_QUALITY_RESULT)
+
+
 def weights_label(prov: dict) -> str:
     """Where the numbers of a run come from, in words."""
     weights = prov.get("backbone_weights")
     if weights is None:
         return "none (method uses no backbone)"
+    if weights.get("weights_label"):  # a backbone that labels its own weights (tiny: trained VAE, random UNet)
+        return str(weights["weights_label"])
     if weights.get("random_weights", False) or str(weights.get("weights", "")).startswith("random"):
-        return "RANDOM weights: not a quality result"
+        return f"RANDOM weights: {NOT_A_QUALITY_RESULT}"
     ref = weights.get("pretrained") or weights.get("id") or "pretrained"
     revision = weights.get("revision")
     return f"{ref}@{revision}" if revision else str(ref)
@@ -181,7 +191,7 @@ def to_markdown(table: pd.DataFrame, metric_info: dict) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         backbone = row["backbone"]
-        if row["weights"].startswith("RANDOM"):
+        if not is_quality_result(row["weights"]):
             backbone = f"{backbone} (random weights)"
         cells = [str(row["experiment"]), str(row["dataset"]), str(row["method"]), str(backbone),
                  str(row["weights"]), str(row["metrics_preset"]), str(row["n"]), str(row["n_failed"])]

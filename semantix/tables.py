@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from semantix.leaderboard import is_quality_result
+
 PUBLISHED_DIR = Path("results") / "published"
 
 
@@ -88,7 +90,7 @@ def paper_table(leaderboard: pd.DataFrame, table: PaperTable, published: pd.Data
             flags = [row.get(f"{name}_comparable") for name in table.set_metrics]
             # random backbone weights, a random-weight metric preset (`tiny`, `styleid_tiny`, ...), or
             # an override such as metrics.fid.weights=random
-            random_weights = (str(row.get("weights", "")).startswith("RANDOM")
+            random_weights = (not is_quality_result(row.get("weights", ""))
                               or str(row["metrics_preset"]).endswith("tiny")
                               or "weights=random" in str(row.get("overrides", "")))
             comparable = (bool(ns) and all(not _missing(f) and bool(f) for f in flags)
