@@ -1,4 +1,5 @@
-"""The backbone package: the tiny random-weight backbone, its offline CLIP tokenizer, the SD1.5 loader."""
+"""The backbone package: the tiny backbones (trained VAE + random UNet, and all-random), their offline CLIP
+tokenizer, the SD1.5 loader. The trained VAE itself: tests/test_tiny_vae.py."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import json
 import pytest
 import torch
 
-from semantix.backbones import Backbone, build_tiny, load_sd15, save_as_diffusers_folder
+from semantix.backbones import Backbone, build_tiny, build_tiny_random, load_sd15, save_as_diffusers_folder
+from semantix.backbones.tiny import load_clip_tokenizer, tiny_vae_record
 from semantix.runtime import resolve_device, resolve_dtype
-from semantix.backbones.tiny import load_clip_tokenizer
 from semantix.types import WeightsNotFoundError
 
 CAT_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]  # openai CLIP ids of "a photo of a cat"
@@ -69,12 +70,12 @@ def test_tokenizer_cache_is_reused_and_repaired(tmp_path, monkeypatch):
 # --- tiny backbone --------------------------------------------------------------------------------
 
 
-def test_tiny_is_deterministic_by_seed():
+def test_tiny_random_is_deterministic_by_seed():
     rng_state = torch.get_rng_state()
     first, again, other = (
-        _weights(build_tiny(seed=0)),
-        _weights(build_tiny(seed=0)),
-        _weights(build_tiny(seed=1)),
+        _weights(build_tiny_random(seed=0)),
+        _weights(build_tiny_random(seed=0)),
+        _weights(build_tiny_random(seed=1)),
     )
     assert torch.equal(torch.get_rng_state(), rng_state)  # global RNG untouched
     assert first.keys() == again.keys() == other.keys()
@@ -88,14 +89,15 @@ def test_tiny_structure_and_metadata(tiny):
     assert tiny.name == "tiny" and tiny.random_weights
     assert tiny.device == torch.device("cpu") and tiny.dtype == torch.float32
     assert tiny.resolution == 64 and tiny.latent_downsample == 2 and tiny.latent_size == 32
-    assert tiny.latent_channels == 4 and tiny.vae.config.scaling_factor == 0.18215
+    assert tiny.latent_channels == 4 and tiny.vae.config.scaling_factor == tiny_vae_record()["scaling_factor"]
     # SD1.5's block layout: 3 attention layers per decoder block in up_blocks 1-3
     self_attn = [name for name in tiny.unet.attn_processors if name.endswith("attn1.processor")]
     assert sum(name.startswith("up_blocks.") for name in self_attn) == 9
     assert len(self_attn) == 16  # 6 down + 1 mid + 9 up, as in SD1.5
     assert not any(p.requires_grad for p in tiny.unet.parameters())
     prov = json.loads(json.dumps(tiny.provenance))
-    assert prov["weights"] == "random (seed 0)" and prov["backbone"] == "tiny"
+    assert prov["weights"] == "VAE trained (tiny_vae.safetensors); UNet and text encoder random (seed 0)"
+    assert prov["backbone"] == "tiny" and prov["vae_weights"]["sha256"] == tiny_vae_record()["weights_sha256"]
     assert prov["dtype"] == "float32" and prov["device"] == "cpu"
     assert "unet=" not in repr(tiny)  # repr stays short
 

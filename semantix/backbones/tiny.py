@@ -20,7 +20,8 @@ import torch
 
 from semantix.backbones.animatediff import video_backbone
 from semantix.backbones.base import SD15_SCHEDULER_CONFIG, Backbone, apply_kernel_options, finalize_modules
-from semantix.io import atomic_write_bytes
+from semantix.checkpoints import load_state_dict_file
+from semantix.io import atomic_write_bytes, sha256_bytes
 from semantix.runtime import dtype_name, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ CLIP_VOCAB_SIZE = 49408
 CLIP_CONTEXT_LENGTH = 77
 BOS_TOKEN, EOS_TOKEN = "<|startoftext|>", "<|endoftext|>"
 _NUM_MERGES = 49152 - 256 - 2  # as in openai/CLIP's SimpleTokenizer
+# The trained tiny VAE (data_prep/train_tiny_vae.py), shipped as package data with its training record.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+TINY_VAE_WEIGHTS, TINY_VAE_RECORD = "tiny_vae.safetensors", "tiny_vae.json"
+SD15_SCALING_FACTOR = 0.18215  # SD1.5's VAE config; a random VAE keeps it (its latents are far from unit std)
 
 
 @dataclass(frozen=True)
@@ -150,25 +155,91 @@ def build_tiny(
     channels_last: bool = False,
     compile_unet: bool = False,
 ) -> Backbone:
-    """SD1.5-shaped backbone with tiny widths and random weights seeded by `seed`.
+    """`tiny_random` with the trained tiny VAE: images survive encode/decode; UNet and text encoder stay random.
+
+    The VAE is `weights/tiny_vae.safetensors` (data_prep/train_tiny_vae.py; its record, with the
+    data, seed and reconstruction PSNR, is `weights/tiny_vae.json`), so a latent that comes back
+    unchanged (zero-guidance inversion and sampling) decodes to the content image. Nothing the
+    random UNet adds means anything: outputs say nothing about quality.
+    """
+    backbone = _tiny_random_weights("tiny", resolution, seed, device, dtype, layers_per_block,
+                                    block_out_channels, cross_attention_dim)
+    load_tiny_vae(backbone)
+    return apply_kernel_options(backbone, channels_last, compile_unet)
+
+
+def build_tiny_random(
+    resolution: int = 64,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+    layers_per_block: int = 2,
+    block_out_channels: tuple[int, ...] = TINY.unet_widths,
+    cross_attention_dim: int = TINY.cross_attention_dim,
+    channels_last: bool = False,
+    compile_unet: bool = False,
+) -> Backbone:
+    """SD1.5-shaped backbone with tiny widths and random weights seeded by `seed`, the VAE's too.
 
     UNet: SD1.5's block types (3 cross-attention down blocks + 1 plain, mirrored up), 2 heads, group
     norm over 8 groups. VAE: 2 blocks, so 64 px -> a 4x32x32 latent. Text encoder: 2-layer CLIP.
+    Its random VAE turns every latent into coloured noise; for tests that need weights fixed by a seed alone.
     """
+    backbone = _tiny_random_weights("tiny_random", resolution, seed, device, dtype, layers_per_block,
+                                    block_out_channels, cross_attention_dim)
+    return apply_kernel_options(backbone, channels_last, compile_unet)
+
+
+def _tiny_random_weights(name: str, resolution: int, seed: int, device: str, dtype: str, layers_per_block: int,
+                         block_out_channels: tuple[int, ...], cross_attention_dim: int) -> Backbone:
     arch = replace(TINY, layers_per_block=layers_per_block, cross_attention_dim=cross_attention_dim,
                    unet_widths=tuple(int(c) for c in block_out_channels),
                    norm_groups=math.gcd(8, *block_out_channels))
-    return apply_kernel_options(build_random(arch, "tiny", resolution, seed, device, dtype), channels_last,
-                                compile_unet)
+    return build_random(arch, name, resolution, seed, device, dtype)
+
+
+class DamagedWeightsError(ValueError):
+    """A shipped weights file does not match the sha256 its training record states."""
+
+
+def tiny_vae_record(folder: Path = WEIGHTS_DIR) -> dict:
+    """The trained tiny VAE's training record (data, seed, steps, PSNR, scaling factor, weights sha256)."""
+    return json.loads((folder / TINY_VAE_RECORD).read_text(encoding="utf-8"))
+
+
+def load_tiny_vae(backbone: Backbone, folder: Path = WEIGHTS_DIR) -> None:
+    """Put the trained tiny VAE into `backbone` (weights, scaling factor), after checking its sha256.
+
+    The provenance then names the file, its sha256 and the backbone's label (`weights_label`).
+    """
+    record = tiny_vae_record(folder)
+    path = folder / record["weights_file"]
+    digest = sha256_bytes(path.read_bytes())
+    if digest != record["weights_sha256"]:
+        raise DamagedWeightsError(
+            f"{path} is damaged or was replaced: its sha256 is {digest}, its training record "
+            f"({folder / TINY_VAE_RECORD}) says {record['weights_sha256']}. Reinstall semantix, or retrain "
+            f"it with `python -m data_prep.train_tiny_vae --out {folder}`."
+        )
+    state = load_state_dict_file(path, f"{backbone.name} backbone's VAE")
+    backbone.vae.load_state_dict(state, strict=True)
+    backbone.vae.register_to_config(scaling_factor=record["scaling_factor"])
+    seed = backbone.provenance["seed"]
+    backbone.provenance.update(
+        weights=f"VAE trained ({record['weights_file']}); UNet and text encoder random (seed {seed})",
+        weights_label=f"{backbone.name}: trained 64 px VAE, random UNet: not a quality result",
+        vae_weights={"file": record["weights_file"], "sha256": digest, "scaling_factor": record["scaling_factor"],
+                     "demo_content_psnr_db_mean": record["demo_content_psnr_db_mean"]},
+    )
 
 
 def build_tiny_video(seed: int = 0, channels_last: bool = False, compile_unet: bool = False,
                      **tiny_options) -> Backbone:
     """`tiny` with AnimateDiff motion modules: a `UNetMotionModel` with tiny widths and random weights.
 
-    The video counterpart of `build_tiny`, which builds its image part from the same keys
-    (`tiny_options`: resolution, device, dtype, widths ...) and seed; for CPU tests of the video paths,
-    its outputs say nothing about quality.
+    The video counterpart of `build_tiny`, which builds its image part (trained VAE, random UNet) from
+    the same keys (`tiny_options`: resolution, device, dtype, widths ...) and seed; for CPU tests of the
+    video paths, its outputs say nothing about quality.
     """
     image_backbone = build_tiny(seed=seed, **tiny_options)
     return apply_kernel_options(with_random_motion_modules(image_backbone, "tiny_video", seed), channels_last,
@@ -222,9 +293,27 @@ def with_random_motion_modules(image_backbone: Backbone, name: str, seed: int) -
                           beta_schedule="linear")
 
 
+def make_vae(arch: RandomArchitecture, resolution: int, scaling_factor: float = SD15_SCALING_FACTOR):
+    """`arch`'s `AutoencoderKL`, its weights drawn from the global RNG (SD1.5's block types, 4 latent channels)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(arch.vae_widths),
+        up_block_types=("UpDecoderBlock2D",) * len(arch.vae_widths),
+        block_out_channels=arch.vae_widths,
+        layers_per_block=arch.vae_layers_per_block,
+        latent_channels=4,
+        norm_num_groups=min(arch.norm_groups, min(arch.vae_widths)),
+        sample_size=resolution,
+        scaling_factor=scaling_factor,
+    )
+
+
 def build_random(arch: RandomArchitecture, name: str, resolution: int, seed: int, device: str, dtype: str) -> Backbone:
     """Build UNet, VAE and CLIP text encoder of `arch` with weights seeded by `seed` (global RNG untouched)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor2_0
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -249,18 +338,7 @@ def build_random(arch: RandomArchitecture, name: str, resolution: int, seed: int
             norm_num_groups=arch.norm_groups,
             cross_attention_dim=arch.cross_attention_dim,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * len(arch.vae_widths),
-            up_block_types=("UpDecoderBlock2D",) * len(arch.vae_widths),
-            block_out_channels=arch.vae_widths,
-            layers_per_block=arch.vae_layers_per_block,
-            latent_channels=4,
-            norm_num_groups=min(arch.norm_groups, min(arch.vae_widths)),
-            sample_size=resolution,
-            scaling_factor=0.18215,
-        )
+        vae = make_vae(arch, resolution)
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=CLIP_VOCAB_SIZE,
