@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.server
+import json
 import logging
+import os
 import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 import torch
 
 from semantix import runtime
+from semantix.config import compose_job
+from semantix.types import WeightsNotFoundError
+from semantix.weights import WeightFile, ensure_job_weights, fetch, job_weights, verify
 
 
 @pytest.mark.parametrize("variable", runtime.OFFLINE_VARIABLES)
@@ -64,22 +75,10 @@ def test_device_and_dtype():
 def test_config_dir_is_the_checkout_conf():
     folder = runtime.config_dir()
     assert (folder / "config.yaml").is_file() and folder.name == "conf"
-    assert folder.parent == runtime.Path(runtime.__file__).resolve().parents[1]
+    assert folder.parent == Path(runtime.__file__).resolve().parents[1]
 
 
 # --- the weights of a job ---------------------------------------------------------------------------
-
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import http.server  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from semantix.config import compose_job  # noqa: E402
-from semantix.types import WeightsNotFoundError  # noqa: E402
-from semantix.weights import WeightFile, ensure_job_weights, fetch, job_weights, verify  # noqa: E402
 
 IMAGE_STYLE_SD15 = ["metrics=image_style", "backbone=sd15", "method=stylegallery"]
 
@@ -191,7 +190,7 @@ def test_fetch_downloads_through_torch_hub_and_checks_the_published_prefix(tmp_p
 
 
 def test_semantix_weights_command_lists_and_fetch_says_what_to_copy_offline(empty_caches):
-    env = {**dict(__import__("os").environ), "SEMANTIX_OFFLINE": "1", "TORCH_HOME": str(empty_caches / "torch"),
+    env = {**os.environ, "SEMANTIX_OFFLINE": "1", "TORCH_HOME": str(empty_caches / "torch"),
            "HF_HUB_CACHE": str(empty_caches / "hf")}
     command = [sys.executable, "-c", "from semantix.weights.cli import main; main()"]
     listed = subprocess.run([*command, "list", "metrics=image_style", "backbone=sd15"], env=env,
@@ -272,3 +271,13 @@ def test_leaderboard_flags_random_or_overridden_metric_weights(tmp_path, configs
     assert metric_weights_flags(run) == expected
     row = summarise(run)
     assert (row["random_metric_weights"], row["metric_weights_overridden"]) == expected
+
+
+def test_list_follows_the_checkpoint_format(tmp_path):
+    single, _ = compose_job(["backbone=sd15", "method=semantix", f"backbone.pretrained={tmp_path / 'sd.safetensors'}"])
+    files = [f for f in job_weights(single) if f.setting.startswith("backbone.")]
+    assert [f.locations[0] for f in files if f.setting == "backbone.pretrained"] == [tmp_path / "sd.safetensors"]
+    configs = {f.hub_file for f in files if f.setting == "backbone.single_file_config"}
+    assert "unet/config.json" in configs and not any(name.endswith(".safetensors") for name in configs)
+    fp16, _ = compose_job(["backbone=sd15", "method=semantix", "backbone.variant=fp16"])
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in {f.hub_file for f in job_weights(fp16)}

@@ -84,8 +84,11 @@ def load_animatediff(
     beta_schedule: str = "linear",
     channels_last: bool = False,
     compile_unet: bool = False,
+    variant: str | None = None,
+    single_file_config: str = DEFAULT_PRETRAINED,
 ) -> Backbone:
-    """SD1.5 (`pretrained`) with the motion adapter `motion_adapter` (hub id or local folder)."""
+    """SD1.5 (`pretrained`, as `load_sd15` takes it) with the motion adapter `motion_adapter` (hub id or
+    local folder)."""
     from diffusers import MotionAdapter
 
     # The adapter is small: find it before loading SD1.5, so a missing one fails fast.
@@ -93,7 +96,8 @@ def load_animatediff(
         str(motion_adapter), motion_adapter_revision, local_files_only, expected=ADAPTER_FILES,
         patterns=[alts[0] for alts in ADAPTER_FILES], not_found=_adapter_not_found,
     )
-    image_backbone = load_sd15(pretrained, revision, resolution, device, dtype, local_files_only)
+    image_backbone = load_sd15(pretrained, revision, resolution, device, dtype, local_files_only,
+                               variant=variant, single_file_config=single_file_config)
     fast_init = importlib.util.find_spec("accelerate") is not None
     with refusing_pickled_code("backbone.motion_adapter", adapter_folder):  # diffusers: weights_only=True
         adapter = MotionAdapter.from_pretrained(adapter_folder, torch_dtype=image_backbone.dtype,

@@ -35,11 +35,34 @@ EXPECTED_FILES: tuple[tuple[str, ...], ...] = (
     ("tokenizer/vocab.json", "tokenizer/tokenizer.json"),
     ("tokenizer/merges.txt", "tokenizer/tokenizer.json"),
 )
-_DOWNLOAD_PATTERNS = [
-    alternatives[0] for alternatives in EXPECTED_FILES if "tokenizer/" not in alternatives[0]
-]
-_DOWNLOAD_PATTERNS += ["tokenizer/*", "scheduler/scheduler_config.json"]
+# A hub id ("org/name" or a bare name) that is not a file name: "v1-5-pruned-emaonly.safetensors" is a
+# file that does not exist here, never a repository to look up.
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def expected_files(variant: str | None = None) -> tuple[tuple[str, ...], ...]:
+    """EXPECTED_FILES, with the weight files of `variant` when set ("fp16": unet/diffusion_pytorch_model.fp16.safetensors,
+    ..., as diffusers' `variant=` names them)."""
+    if not variant:
+        return EXPECTED_FILES
+
+    def named(name: str) -> str:
+        stem, _, extension = name.rpartition(".")
+        return f"{stem}.{variant}.{extension}" if extension in ("safetensors", "bin") else name
+
+    return tuple(tuple(named(name) for name in alternatives) for alternatives in EXPECTED_FILES)
+
+
+def download_patterns(expected: tuple[tuple[str, ...], ...]) -> list[str]:
+    """What to fetch from the hub for a diffusers folder with the `expected` files (the first alternatives)."""
+    patterns = [alternatives[0] for alternatives in expected if "tokenizer/" not in alternatives[0]]
+    return [*patterns, "tokenizer/*", "scheduler/scheduler_config.json"]
+
+
+def is_single_file(pretrained: str) -> bool:
+    """A single-file checkpoint (.safetensors, .ckpt, ...), by its name: such a value is never a hub id."""
+    return Path(pretrained).suffix in SINGLE_FILE_SUFFIXES
 
 
 def _missing_files(folder: Path, expected: tuple[tuple[str, ...], ...] = EXPECTED_FILES) -> list[str]:
@@ -49,7 +72,7 @@ def _missing_files(folder: Path, expected: tuple[tuple[str, ...], ...] = EXPECTE
 def _not_found(pretrained: str, tried: list[str]) -> WeightsNotFoundError:
     expected = "\n".join(f"    {' or '.join(alts)}" for alts in EXPECTED_FILES)
     attempts = "\n".join(f"  - {line}" for line in tried)
-    include = " ".join(f'"{pattern}"' for pattern in _DOWNLOAD_PATTERNS)
+    include = " ".join(f'"{pattern}"' for pattern in download_patterns(EXPECTED_FILES))
     return WeightsNotFoundError(
         f"Stable Diffusion 1.5 weights not found for backbone.pretrained={pretrained!r}.\n"
         f"Tried:\n{attempts}\n"
@@ -71,13 +94,14 @@ def resolve_weights(
     revision: str | None = None,
     local_files_only: bool | None = None,
     expected: tuple[tuple[str, ...], ...] = EXPECTED_FILES,
-    patterns: list[str] = _DOWNLOAD_PATTERNS,
+    patterns: list[str] | None = None,
     not_found: Callable[[str, list[str]], WeightsNotFoundError] = _not_found,
 ) -> tuple[Path, dict[str, Any]]:
     """The local diffusers folder for `pretrained` (a folder, or a hub id via the HF cache / hub).
 
     `expected`: the files the folder must hold (alternatives per entry), `patterns`: what to fetch
-    from the hub, `not_found(pretrained, tried)`: the error to raise (SD1.5's by default).
+    from the hub (default: `download_patterns(expected)`), `not_found(pretrained, tried)`: the error to
+    raise (SD1.5's by default).
     Returns the folder and provenance facts (source, commit). Raises WeightsNotFoundError.
     """
     path = Path(pretrained).expanduser()
@@ -108,7 +132,7 @@ def resolve_weights(
                 snapshot_download(
                     pretrained,
                     revision=revision,
-                    allow_patterns=patterns,
+                    allow_patterns=patterns or download_patterns(expected),
                     local_files_only=local_only,
                 )
             )
@@ -125,15 +149,61 @@ def resolve_weights(
     raise not_found(pretrained, tried)
 
 
-def _scheduler_config(folder: Path) -> tuple[dict[str, Any], str]:
-    """SD1.5's schedule, updated with the folder's scheduler_config.json values for the same keys."""
-    config = dict(SD15_SCHEDULER_CONFIG)
+def _scheduler_file(folder: Path) -> tuple[dict[str, Any], str]:
+    """The folder's scheduler_config.json (its values for SD1.5's schedule keys override the defaults)."""
     file = folder / "scheduler" / "scheduler_config.json"
     if not file.is_file():
-        return config, "SD1.5 defaults"
-    on_disk = json.loads(file.read_text(encoding="utf-8"))
-    config.update({key: on_disk[key] for key in config if key in on_disk})
-    return config, "scheduler/scheduler_config.json"
+        return {}, "SD1.5 defaults"
+    return json.loads(file.read_text(encoding="utf-8")), "scheduler/scheduler_config.json"
+
+
+def _load_folder(folder: Path, torch_dtype, variant: str | None) -> tuple:
+    """UNet, VAE, text encoder and tokenizer of a diffusers folder."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    # low_cpu_mem_usage needs accelerate; without it diffusers falls back with a warning
+    fast_init = importlib.util.find_spec("accelerate") is not None
+    # diffusers and transformers read .bin files with weights_only=True: a pickle that would run code
+    # is refused (UnsafeCheckpointError), never executed.
+    with refusing_pickled_code("backbone.pretrained", folder):
+        unet = UNet2DConditionModel.from_pretrained(
+            folder, subfolder="unet", torch_dtype=torch_dtype, low_cpu_mem_usage=fast_init, variant=variant
+        )
+        vae = AutoencoderKL.from_pretrained(
+            folder, subfolder="vae", torch_dtype=torch_dtype, low_cpu_mem_usage=fast_init, variant=variant
+        )
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch_dtype,
+                                                     variant=variant)
+    return unet, vae, text_encoder, CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+
+
+def _load_single_file(path: Path, config: str, torch_dtype, local_files_only: bool | None) -> tuple:
+    """UNet, VAE, text encoder, tokenizer, scheduler config and provenance facts of a single-file
+    checkpoint, through diffusers' `from_single_file` (its weights read as tensors only)."""
+    from diffusers import StableDiffusionPipeline
+
+    if not path.is_file():
+        raise _not_found(str(path), [f"single-file checkpoint {path}: does not exist (a file name is never "
+                                     "looked up on the hub; give its full path)"])
+    offline_only = not hub_downloads_allowed() if local_files_only is None else bool(local_files_only)
+    log.info("loading SD1.5 from the single file %s (component configs: %s)", path, config)
+    with refusing_pickled_code("backbone.pretrained", path):
+        try:
+            pipe = StableDiffusionPipeline.from_single_file(
+                str(path), config=config, torch_dtype=torch_dtype, local_files_only=offline_only,
+                safety_checker=None, requires_safety_checker=False,
+            )
+        except OSError as e:  # the component configs are not here (offline) or not on the hub
+            raise WeightsNotFoundError(
+                f"backbone.pretrained={str(path)!r} is a single-file checkpoint; reading it needs the SD1.5 "
+                f"component configs and tokenizer of backbone.single_file_config={config!r} (a hub id in the "
+                f"Hugging Face cache, or a diffusers folder), which were not found ({_first_line(e)}). Fix: "
+                f"`huggingface-cli download {DEFAULT_PRETRAINED} --exclude '*.safetensors' '*.bin' '*.ckpt'` on "
+                "a machine with network, or set backbone.single_file_config=/path/to/diffusers/folder."
+            ) from e
+    found = {"source": "single_file", "path": str(path.resolve()), "commit": None}
+    return pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config), found
 
 
 def load_sd15(
@@ -145,40 +215,38 @@ def load_sd15(
     local_files_only: bool | None = None,
     channels_last: bool = False,
     compile_unet: bool = False,
+    variant: str | None = None,
+    single_file_config: str = DEFAULT_PRETRAINED,
 ) -> Backbone:
     """Load SD1.5's UNet, VAE, text encoder, tokenizer and noise schedule as a Backbone.
 
-    `pretrained`: hub id or local diffusers folder. `dtype="auto"`: float16 on CUDA, float32 on CPU.
-    `local_files_only=None`: the HF cache, then the hub when `semantix.runtime.hub_downloads_allowed()`.
+    `pretrained`: hub id, local diffusers folder, or a single-file checkpoint (`.safetensors`, `.ckpt`:
+    the original LDM layout, read by diffusers' `from_single_file`, with the component configs and
+    tokenizer of `single_file_config`, a hub id or diffusers folder). `variant`: the weight files'
+    variant ("fp16": `*.fp16.safetensors`, as diffusers saves them). `dtype="auto"`: float16 on CUDA,
+    float32 on CPU. `local_files_only=None`: the HF cache, then the hub when
+    `semantix.runtime.hub_downloads_allowed()`.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor2_0
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    folder, found = resolve_weights(str(pretrained), revision, local_files_only)
-    log.info("loading SD1.5 from %s (%s, %s)", folder, dtype_name(torch_dtype), torch_device)
-
-    # low_cpu_mem_usage needs accelerate; without it diffusers falls back with a warning
-    fast_init = importlib.util.find_spec("accelerate") is not None
-    # diffusers and transformers read .bin files with weights_only=True: a pickle that would run code
-    # is refused (UnsafeCheckpointError), never executed.
-    with refusing_pickled_code("backbone.pretrained", folder):
-        unet = UNet2DConditionModel.from_pretrained(
-            folder, subfolder="unet", torch_dtype=torch_dtype, low_cpu_mem_usage=fast_init
-        )
-        vae = AutoencoderKL.from_pretrained(
-            folder, subfolder="vae", torch_dtype=torch_dtype, low_cpu_mem_usage=fast_init
-        )
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch_dtype)
-    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    if is_single_file(str(pretrained)):
+        unet, vae, text_encoder, tokenizer, scheduler_on_disk, found = _load_single_file(
+            Path(str(pretrained)).expanduser(), single_file_config, torch_dtype, local_files_only)
+        scheduler_source = f"{single_file_config} scheduler"
+    else:
+        folder, found = resolve_weights(str(pretrained), revision, local_files_only, expected=expected_files(variant))
+        log.info("loading SD1.5 from %s (%s, %s)", folder, dtype_name(torch_dtype), torch_device)
+        unet, vae, text_encoder, tokenizer = _load_folder(folder, torch_dtype, variant)
+        scheduler_on_disk, scheduler_source = _scheduler_file(folder)
     max_positions = text_encoder.config.max_position_embeddings
     if tokenizer.model_max_length > max_positions:  # a tokenizer folder without tokenizer_config.json
         tokenizer.model_max_length = max_positions
     unet.set_attn_processor(AttnProcessor2_0())  # SDPA (also diffusers' default with torch 2)
     finalize_modules(unet, vae, text_encoder, device=torch_device, dtype=torch_dtype)
-    scheduler_config, scheduler_source = _scheduler_config(folder)
+    scheduler_config = {**SD15_SCHEDULER_CONFIG,
+                        **{key: scheduler_on_disk[key] for key in SD15_SCHEDULER_CONFIG if key in scheduler_on_disk}}
 
     backbone = Backbone(
         name="sd15",
@@ -199,6 +267,7 @@ def load_sd15(
             "source": found["source"],
             "path": found["path"],
             "weights": "pretrained",
+            "variant": variant,
             "dtype": dtype_name(torch_dtype),
             "device": str(torch_device),
             "resolution": resolution,

@@ -165,20 +165,25 @@ def method_weights(prefix: str, config: Any) -> Iterator[WeightFile]:
 
 def backbone_weights(config: Mapping[str, Any]) -> Iterator[WeightFile]:
     from semantix.backbones.animatediff import ADAPTER_FILES
-    from semantix.backbones.sd15 import EXPECTED_FILES
+    from semantix.backbones.sd15 import EXPECTED_FILES, expected_files, is_single_file
 
     name = config.get("name")
     if name not in ("sd15", "animatediff"):
         return  # tiny backbones and random weights: nothing to load
     parts = [("backbone.pretrained", "Stable Diffusion 1.5", config["pretrained"], config.get("revision"),
-              EXPECTED_FILES)]
+              expected_files(config.get("variant")))]
+    if is_single_file(str(config["pretrained"])):  # its component configs and tokenizer come from elsewhere
+        configs = tuple(alts for alts in EXPECTED_FILES if not alts[0].endswith((".safetensors", ".bin")))
+        parts = [("backbone.pretrained", "Stable Diffusion 1.5 single file", config["pretrained"], None, ()),
+                 ("backbone.single_file_config", "SD1.5 component configs", config["single_file_config"], None,
+                  configs)]
     if name == "animatediff":
         parts.append(("backbone.motion_adapter", "AnimateDiff motion adapter", config["motion_adapter"],
                       config.get("motion_adapter_revision"), ADAPTER_FILES))
     for setting, what, value, revision, files in parts:
         path = Path(str(value)).expanduser()
-        if path.is_dir() or path.is_file() or not HUB_ID.fullmatch(str(value)):
-            if path.is_file():  # a single-file checkpoint
+        if path.is_dir() or path.is_file() or is_single_file(str(value)) or not HUB_ID.fullmatch(str(value)):
+            if path.is_file() or is_single_file(str(value)):  # a single-file checkpoint
                 yield WeightFile(setting, what, (path,), ("",))
             else:
                 yield from _local_files(setting, what, path, files)
