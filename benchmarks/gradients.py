@@ -101,7 +101,7 @@ def bench_backbone(backbone, steps: int, repeats: int) -> dict:
     context, reference = invert_pair(inverters["separate"], 0)
 
     # Warm-up, and what the default configuration (batched, with fallback) meets in this process.
-    plain_cfg_sampling(methods["separate"], cond, torch.Generator().manual_seed(0))
+    plain_cfg_sampling(methods["separate"], cond, 0)
     energy._batched_unavailable = None
     methods["batched"].sample([context], [[reference]], cond)
     fallback_reason = energy._batched_unavailable
@@ -111,7 +111,7 @@ def bench_backbone(backbone, steps: int, repeats: int) -> dict:
     inversions = {}
     for repeat in range(repeats):
         with Clock() as c:
-            plain_cfg_sampling(methods["separate"], cond, torch.Generator().manual_seed(repeat))
+            plain_cfg_sampling(methods["separate"], cond, repeat)
         plain.append(c)
         for name, m in methods.items():
             with always_batched() if name == "batched" else nullcontext(), Clock() as c:
@@ -122,7 +122,7 @@ def bench_backbone(backbone, steps: int, repeats: int) -> dict:
                 inversions[name] = invert_pair(m, 1)
             inversion[name].append(c)
         with Clock() as c:  # the VAE encodings inside each inversion pair: not what the option changes
-            inverters["separate"]._encode(sample.content), inverters["separate"]._encode(sample.reference)
+            inverters["separate"].encode(sample.content), inverters["separate"].encode(sample.reference)
         encode.append(c)
         print(f"{backbone.name} repeat {repeat + 1}/{repeats} (CPU s): plain {plain[-1].cpu / steps:.3f}/step, "
               "guided " + ", ".join(f"{k} {v[-1].cpu / steps:.3f}" for k, v in guided.items()) + "/step, "

@@ -73,12 +73,12 @@ def compose_job(experiment: str, results_dir: Path, cache_dir: Path, device: str
     return cfg, labels, overrides
 
 
-def _seed(seed: int) -> torch.Generator:
-    """As the runner seeds each (sample, method) call: global RNGs and the method's generator."""
+def _seed(seed: int) -> int:
+    """As the runner seeds each (sample, method) call: the global RNGs; returns the seed the method gets."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+    return seed
 
 
 def _sync(device: torch.device) -> None:
@@ -110,10 +110,10 @@ def bare_methods(cfg: DictConfig, samples: list, work: Path) -> dict:
     for sample in samples:
         seed = sample_seed(cfg.seed, sample.sample_id)
         for label, method in methods.items():
-            generator = _seed(seed)
+            method_seed = _seed(seed)
             _sync(backbone.device)
             start = time.perf_counter()
-            method(sample, generator)
+            method(sample, method_seed)
             _sync(backbone.device)
             per_method[label] += time.perf_counter() - start
     return {"per_method": per_method, "total": sum(per_method.values()), "backbone_build": backbone_seconds}

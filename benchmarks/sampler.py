@@ -45,8 +45,9 @@ from semantix import provenance
 from semantix.backbones.tiny import build_sd15_random, build_tiny
 from semantix.data import demo_manifest_path
 from semantix.data.manifest import Manifest
-from semantix.diffusion import DDPMStepper, UNetEpsFn, cosine_correspondence
+from semantix.diffusion import DDPMStepper, cosine_correspondence
 from semantix.io import atomic_write_json
+from semantix.methods.base import seeded_generator
 from semantix.methods.semantix import Semantix
 from semantix.registry import METHODS as REGISTRY
 
@@ -88,11 +89,12 @@ class Phase:
                          if self.device.type == "cuda" else None)
 
 
-def plain_cfg_sampling(method: Semantix, cond: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def plain_cfg_sampling(method: Semantix, cond: torch.Tensor, seed: int) -> torch.Tensor:
     """Standard DDPM sampling with batched CFG over the same schedule (the baseline (a))."""
     backbone = method.backbone
     stepper: DDPMStepper = method.stepper
-    eps_fn = UNetEpsFn(backbone.unet, cond, method.uncond_embedding, method.guidance_scale, batch_cfg=True)
+    eps_fn = method.eps_fn(cond, method.guidance_scale, batch_cfg=True)
+    generator = seeded_generator(seed)
     shape = (1, backbone.latent_channels, backbone.latent_size, backbone.latent_size)
     x = torch.randn(shape, generator=generator).to(backbone.device)
     with torch.no_grad():
@@ -115,14 +117,13 @@ def bench_backbone(backbone, steps: int, sweep: int, repeats: int) -> dict:
 
     semantix = method()
     cond = backbone.encode_prompt([sample.prompt or ""])
-    generator = torch.Generator().manual_seed(0)
-    plain_cfg_sampling(semantix, cond, generator)  # warm-up: kernels, allocator, lazy inits
+    plain_cfg_sampling(semantix, cond, 0)  # warm-up: kernels, allocator, lazy inits
 
     plain_times, cold_inversion, cold_sampling, warm_total = [], [], [], []
     plain_peak = semantix_peak = None
     for repeat in range(repeats):
         with Phase(device) as p:
-            plain_cfg_sampling(semantix, cond, generator)
+            plain_cfg_sampling(semantix, cond, repeat)
         plain_times.append(p.seconds)
         plain_peak = p.peak_gib
         cold = method(cache_inversions=False)
@@ -134,8 +135,7 @@ def bench_backbone(backbone, steps: int, sweep: int, repeats: int) -> dict:
             cold.sample([context], [[reference]], cond)
         cold_sampling.append(p.seconds)
         semantix_peak = p.peak_gib
-        generator_for_pair = torch.Generator().manual_seed(100 + repeat)
-        semantix(sample, generator_for_pair)  # fills the cache for this seed
+        semantix(sample, 100 + repeat)  # fills the cache for this seed
         with Phase(device) as p:
             warm_context = semantix.invert(sample.content, sample.input_sha256["content"], sample.prompt or "",
                                             100 + repeat, "context")
@@ -145,11 +145,11 @@ def bench_backbone(backbone, steps: int, sweep: int, repeats: int) -> dict:
         warm_total.append(p.seconds)
 
     # (d) gamma sweep on a warm cache: N configs, one pair.
-    sweep_generator_seed = 999
-    method()(sample, torch.Generator().manual_seed(sweep_generator_seed))  # inversion, cached
+    sweep_seed = 999
+    method()(sample, sweep_seed)  # inversion, cached
     with Phase(device) as p:
         for gamma_ref in torch.linspace(1.0, 6.0, sweep).tolist():
-            method(gamma_ref=gamma_ref)(sample, torch.Generator().manual_seed(sweep_generator_seed))
+            method(gamma_ref=gamma_ref)(sample, sweep_seed)
     sweep_seconds = p.seconds
 
     median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
@@ -214,9 +214,9 @@ def bench_methods(backbone, plain_step: float, names=METHODS) -> dict:
         method = paper_method(name)
         method.prepare(backbone, Path(tempfile.mkdtemp(prefix=f"semantix-bench-{name}-")))
         with Phase(device) as cold:
-            method(sample, torch.Generator().manual_seed(0))
+            method(sample, 0)
         with Phase(device) as warm:
-            method(sample, torch.Generator().manual_seed(0))
+            method(sample, 0)
         steps = steps_run(method)
         results[name] = {
             "steps_run": steps,
@@ -238,15 +238,13 @@ def bench_batching(backbone, steps: int, batch: int = 4) -> dict:
     method = Semantix(num_steps=steps)
     method.prepare(backbone, Path(tempfile.mkdtemp(prefix="semantix-bench-batch-")))
 
-    def generators():
-        return [torch.Generator().manual_seed(n) for n in range(len(samples))]
-
-    method.call_batch(samples, generators())  # fills the inversion cache; warm-up
+    seeds = list(range(len(samples)))
+    method.call_batch(samples, seeds)  # fills the inversion cache; warm-up
     with Phase(device) as one_by_one:
-        for sample, generator in zip(samples, generators(), strict=True):
-            method(sample, generator)
+        for sample, seed in zip(samples, seeds, strict=True):
+            method(sample, seed)
     with Phase(device) as batched:
-        method.call_batch(samples, generators())
+        method.call_batch(samples, seeds)
     ratio = one_by_one.seconds / batched.seconds
     return {"batch": len(samples), "steps": steps, "seconds_one_at_a_time": one_by_one.seconds,
             "seconds_batched": batched.seconds, "throughput_ratio": ratio,
@@ -287,17 +285,17 @@ def bench_kernels(steps: int = 10, repeats: int = 3, variants=KERNEL_VARIANTS, o
         with torch.no_grad():
             eps = backbone.unet(x.to(backbone.device, backbone.dtype), 500, encoder_hidden_states=cond).sample.float()
         reference = eps if reference is None else reference
-        plain_cfg_sampling(method, cond, torch.Generator().manual_seed(0))  # warm-up (and compilation)
+        plain_cfg_sampling(method, cond, 0)  # warm-up (and compilation)
         plain, guided = [], []
         manifest = Manifest.load(demo_manifest_path())
         sample = manifest.load_sample(manifest.sample_ids[0], backbone.resolution)
-        method(sample, torch.Generator().manual_seed(0))  # inversions cached, warm-up
+        method(sample, 0)  # inversions cached, warm-up
         for _ in range(repeats):
             with Phase(backbone.device) as p:
-                plain_cfg_sampling(method, cond, torch.Generator().manual_seed(0))
+                plain_cfg_sampling(method, cond, 0)
             plain.append(p.seconds / steps)
             with Phase(backbone.device) as p:
-                method(sample, torch.Generator().manual_seed(0))
+                method(sample, 0)
             guided.append(p.seconds / steps)
         results.append({**variant, "plain_cfg_step_s": min(plain), "semantix_pair_warm_per_step_s": min(guided),
                         "peak_cuda_gib": p.peak_gib,

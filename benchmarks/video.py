@@ -57,7 +57,7 @@ def timed_call(method: Semantix, backbone, sample, device: torch.device) -> tupl
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        method(sample, torch.Generator().manual_seed(0))
+        method(sample, 0)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start

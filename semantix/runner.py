@@ -122,12 +122,12 @@ def sample_seed(seed: int, sample_id: str) -> int:
     return int(stable_hash(f"{seed}:{sample_id}", length=8), 16) & 0x7FFFFFFF
 
 
-def _seed_everything(seed: int) -> torch.Generator:
-    # Global RNGs are seeded too, so a method or library that draws from them stays reproducible.
+def _seed_everything(seed: int) -> None:
+    # The method gets the seed itself; the global RNGs are seeded too, so a method or library that
+    # draws from them stays reproducible.
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def _container(node: Any) -> Any:
@@ -442,10 +442,11 @@ class Runner:
             samples = [(sample, load_s) for sample, load_s in samples if not sample.is_video]
         if len(samples) > 1 and run.method.supports_batch:
             seeds = [sample_seed(self.cfg.seed, sample.sample_id) for sample, _ in samples]
-            generators = [_seed_everything(seed) for seed in seeds]
+            for seed in seeds:
+                _seed_everything(seed)
             start = time.perf_counter()
             try:
-                outputs = run.method.call_batch([sample for sample, _ in samples], generators)
+                outputs = run.method.call_batch([sample for sample, _ in samples], seeds)
             except Exception as e:  # noqa: BLE001 - retried one by one below
                 log.warning("%s: a batch of %d failed (%s: %s); running its samples one by one", run.label,
                             len(samples), type(e).__name__, e)
@@ -458,10 +459,10 @@ class Runner:
                 return
         for sample, load_s in samples:
             seed = sample_seed(self.cfg.seed, sample.sample_id)
-            generator = _seed_everything(seed)
+            _seed_everything(seed)
             start = time.perf_counter()
             try:
-                output = run.method(sample, generator)
+                output = run.method(sample, seed)
             except Exception as e:  # noqa: BLE001 - bad input, a method bug or OOM fails this sample only
                 log.debug("method %s failed on %s", run.label, sample.sample_id, exc_info=True)
                 self._write_failure(run, sample.sample_id, seed, _error_entry("method", e), sample.input_sha256)

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from semantix.methods.base import Method
+from semantix.methods.base import Method, seeded_generator
 from semantix.metrics.base import SetMetric
 from semantix.types import MethodOutput, Sample
 
@@ -20,10 +20,10 @@ class SlowNoisyIdentity(Method):
         self.delay_s = delay_s
         self.noise = noise
 
-    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
+    def __call__(self, sample: Sample, seed: int) -> MethodOutput:
         CALLS.append(sample.sample_id)
         time.sleep(self.delay_s)
-        noise = torch.randn(sample.content.shape, generator=generator) * self.noise
+        noise = torch.randn(sample.content.shape, generator=seeded_generator(seed)) * self.noise
         return MethodOutput(image=(sample.content + noise).clamp(0, 1), diagnostics={"calls": 1})
 
 
@@ -33,7 +33,7 @@ class FailsOn(Method):
     def __init__(self, sample_ids: list[str]):
         self.sample_ids = set(sample_ids)
 
-    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
+    def __call__(self, sample: Sample, seed: int) -> MethodOutput:
         if sample.sample_id in self.sample_ids:
             raise RuntimeError(f"deliberate failure on {sample.sample_id}")
         return MethodOutput(image=sample.content)
@@ -45,13 +45,13 @@ class BatchingFailsOn(FailsOn):
     supports_batch = True
     BATCHES: list[list[str]] = []
 
-    def call_batch(self, samples, generators):
+    def call_batch(self, samples, seeds):
         BatchingFailsOn.BATCHES.append([s.sample_id for s in samples])
-        return [self(s, g) for s, g in zip(samples, generators, strict=True)]
+        return [self(s, seed) for s, seed in zip(samples, seeds, strict=True)]
 
 
 class WrongShape(Method):
-    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
+    def __call__(self, sample: Sample, seed: int) -> MethodOutput:
         return MethodOutput(image=torch.zeros(3, 8, 8))
 
 

@@ -30,9 +30,9 @@ def test_semantix_batch_equals_one_sample_at_a_time(semantix, demo):
     multi = next(s for s in demo.values() if len(s.references) > 1)
     samples = [*singles, multi]
     seeds = [3, 4, 5]
-    batched = semantix.call_batch(samples, [torch.Generator().manual_seed(n) for n in seeds])
+    batched = semantix.call_batch(samples, seeds)
     for sample, seed, out in zip(samples, seeds, batched, strict=True):
-        alone = semantix(sample, torch.Generator().manual_seed(seed))
+        alone = semantix(sample, seed)
         assert out.image.shape == sample.content.shape
         assert torch.allclose(out.image, alone.image, atol=3e-3), sample.sample_id
         for name, values in alone.diagnostics.items():

@@ -33,7 +33,7 @@ FRESH = textwrap.dedent("""
     sample = Manifest.load(demo_manifest_path()).load_sample(sample_id, 64)
     method = METHODS.build(name, **eval(settings), cache_inversions=False)
     method.prepare(build_tiny(), cache)
-    torch.save(method(sample, torch.Generator().manual_seed(0)).image, out)
+    torch.save(method(sample, 0).image, out)
 """)
 
 
@@ -46,7 +46,7 @@ def after_all_others(backbone, demo, tmp_path_factory):
         for name, settings in SETTINGS.items():
             method = METHODS.build(name, **settings, cache_inversions=False)
             method.prepare(backbone, tmp_path_factory.mktemp(name))
-            outputs[name] = method(sample, torch.Generator().manual_seed(0)).image
+            outputs[name] = method(sample, 0).image
     return sample, outputs
 
 

@@ -3,7 +3,6 @@ method on the tiny backbone."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 
@@ -365,7 +364,7 @@ def single(demo):
 
 def test_runs_changes_the_content_and_is_deterministic(method, demo, backbone):
     sample = single(demo)
-    out = method(sample, torch.Generator().manual_seed(0))
+    out = method(sample, 0)
     assert out.image.shape == sample.content.shape
     assert torch.isfinite(out.image).all() and 0 <= out.image.min() and out.image.max() <= 1
     assert (out.image - sample.content).abs().mean() > 1e-3
@@ -377,7 +376,7 @@ def test_runs_changes_the_content_and_is_deterministic(method, demo, backbone):
     assert len(diag["matches"]) == diag["regions"][0]["regions"]
     assert all(not mod._forward_hooks for mod in backbone.unet.modules())  # capture hooks removed
     assert method.cache.misses == 2
-    again = method(sample, torch.Generator().manual_seed(0))  # features from the cache this time
+    again = method(sample, 0)  # features from the cache this time
     assert method.cache.hits == 2
     assert torch.equal(out.image, again.image) and out.diagnostics == again.diagnostics
 
@@ -389,17 +388,17 @@ def test_zero_steps_return_the_decoded_initial_latent(backbone, cache_dir, demo)
     sample = single(demo)
     method = StyleGallery(**{**SMALL, "opt_steps": 0})
     method.prepare(backbone, cache_dir)
-    out = method(sample, torch.Generator().manual_seed(0))
+    out = method(sample, 0)
     # Upstream's start: the last latent of the 15-step (here 2-step) inversion, standardised per pixel.
     latent = backbone.encode_images(sample.content[None])
-    last = ddim_invert(latent, UNetEpsFn(backbone.unet, method.embedding), method.inversion_scheduler).xts[0]
+    last = ddim_invert(latent, UNetEpsFn(backbone.unet, method.embedding), method.scheduler).xts[0]
     expected = backbone.decode_latents(standardise_per_pixel(last.float()))[0]
     assert torch.allclose(out.image, expected, atol=1e-5)
     assert out.diagnostics["loss"] == [] and out.diagnostics["init_latent"] == "inversion_standardised"
     content = StyleGallery(**{**SMALL, "opt_steps": 0, "init_latent": "content"})
     content.prepare(backbone, cache_dir)
     reconstruction = backbone.decode_latents(latent)[0]
-    assert torch.equal(content(sample, torch.Generator().manual_seed(0)).image, reconstruction)
+    assert torch.equal(content(sample, 0).image, reconstruction)
 
 
 def test_earlier_readings_still_run(backbone, cache_dir, demo):
@@ -409,7 +408,7 @@ def test_earlier_readings_still_run(backbone, cache_dir, demo):
                              "position_term": "mask", "dinov2_pooling": "area",
                              "small_region_rule": "until_stable"})
     method.prepare(backbone, cache_dir)
-    out = method(single(demo), torch.Generator().manual_seed(0))
+    out = method(single(demo), 0)
     assert torch.isfinite(out.image).all() and out.diagnostics["loss_content"][0] == 0.0
 
 
@@ -426,19 +425,17 @@ def test_multi_reference(method, demo):
     if not multi:
         pytest.skip("the demo set has no multi-reference sample")
     sample = multi[0]
-    out = method(sample, torch.Generator().manual_seed(0))
+    out = method(sample, 0)
     assert out.image.shape == sample.content.shape and torch.isfinite(out.image).all()
     assert len(out.diagnostics["regions"]) == 1 + len(sample.references)
     assert {m["reference"] for m in out.diagnostics["matches"]} <= set(range(len(sample.references)))
 
 
-def test_config_keys_match_the_constructor():
+def test_fast_config_builds_stylegallery_with_fewer_steps():
+    # The shipped config equals the constructor's defaults: tests/test_method_defaults.py.
     cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "method" / "stylegallery.yaml"))
-    assert cfg.pop("_target_") == "semantix.registry.build_method" and cfg.pop("name") == "stylegallery"
-    defaults = {k: p.default for k, p in inspect.signature(StyleGallery).parameters.items()}
-    assert set(cfg) == set(defaults)
-    assert {k: (list(v) if isinstance(v, tuple) else v) for k, v in defaults.items()} == cfg  # code = config
-    assert isinstance(METHODS.build("stylegallery", **cfg), StyleGallery)
+    settings = {k: v for k, v in cfg.items() if k not in ("_target_", "name")}
+    assert isinstance(METHODS.build("stylegallery", **settings), StyleGallery)
     fast = compose(["method=stylegallery_fast"]).method.stylegallery_fast
     assert fast.opt_steps == 10 and fast.name == "stylegallery"
     assert fast.depth_split and fast.dinov2_weights == "random" and fast.depth_model == "random"
@@ -456,4 +453,4 @@ def test_dinov2_semantic_features_are_optional(backbone, cache_dir, demo):
     method.prepare(backbone, cache_dir)
     sample = single(demo)
     assert method._dinov2_tokens(sample.content).shape == (768, 16, 16)
-    assert method(sample, torch.Generator().manual_seed(0)).diagnostics["matches"]
+    assert method(sample, 0).diagnostics["matches"]

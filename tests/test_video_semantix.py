@@ -172,7 +172,7 @@ def test_video_inversion_replay_reproduces_the_latent_video(make, clip):
     cond, context, reference = branches(method, clip)
     assert context.x0.shape[:2] == (1, FRAMES) and reference.x0.shape[:2] == (1, 1)
     assert context.features[0]["up_blocks.1"].shape[:2] == (1, FRAMES)
-    x0 = replay(context, method._inversion_eps_fn(cond), method.scheduler)
+    x0 = replay(context, method.inversion_eps_fn(cond), method.scheduler)
     assert (x0 - context.x0).abs().max() < 1e-4
 
 
@@ -182,7 +182,7 @@ def test_zero_guidance_without_adain_reproduces_the_context_video(make, clip):
     latent, (diagnostics,) = method.sample([context], [[reference]], cond)
     assert (latent - context.x0).abs().max() < 1e-4
     assert diagnostics["grad_norm"] == [0.0] * STEPS
-    output = method(clip, torch.Generator().manual_seed(1))
+    output = method(clip, 1)
     decoded_context = method.backbone.decode_latents(context.x0[0])
     assert output.frames.shape == clip.frames.shape
     assert (output.frames - decoded_context).abs().max() < 1e-4
@@ -204,10 +204,10 @@ def test_video_energies_sum_the_per_frame_energies(make, clip):
     method = make()
     _, context, reference = branches(method, clip)
     output = {k: v[0].float() + 0.1 for k, v in context.features[2].items()}  # (F, C, h, w) per block
-    video, video_matches = method._sample_energies(output, context.features[2], [reference.features[2]])
+    video, video_matches = method.sample_energies(output, context.features[2], [reference.features[2]])
     ref_frame = {k: v[0, 0] for k, v in reference.features[2].items()}
-    frames = [method._frame_energies({k: v[f] for k, v in output.items()},
-                                     {k: v[0, f] for k, v in context.features[2].items()}, [ref_frame])
+    frames = [method.frame_energies({k: v[f] for k, v in output.items()},
+                                    {k: v[0, f] for k, v in context.features[2].items()}, [ref_frame])
               for f in range(FRAMES)]
     for name, value in video.items():
         assert torch.allclose(value, torch.stack([e[name] for e, _ in frames]).sum(), atol=1e-5)
@@ -221,10 +221,10 @@ def test_diagnostics_report_the_per_frame_mean_energy(make, clip):
     method = make(window_size=8)  # one window: the features below come from the same UNet call
     cond, context, reference = branches(method, clip)
     x = context.xts[0]
-    _, _, stats = method._guided_prediction(x, int(method.stepper.timesteps[0]), 0, cond, [context.features[0]],
-                                            [[reference.features[0]]])
-    output = {k: v.float() for k, v in method._inversion_eps_fn(cond)(x, int(method.stepper.timesteps[0]))[1].items()}
-    summed, _ = method._energies(output, [context.features[0]], [[reference.features[0]]])
+    _, _, stats = method.guided_prediction(x, int(method.stepper.timesteps[0]), 0, cond, [context.features[0]],
+                                           [[reference.features[0]]])
+    output = {k: v.float() for k, v in method.inversion_eps_fn(cond)(x, int(method.stepper.timesteps[0]))[1].items()}
+    summed, _ = method.energies(output, [context.features[0]], [[reference.features[0]]])
     assert set(summed) == {"style", "spatial", "reg"}
     for name, value in summed.items():
         assert torch.allclose(stats[f"energy_{name}"], value / FRAMES, atol=1e-3)  # float16 features in the sum
@@ -255,9 +255,9 @@ def test_a_reference_video_is_inverted_as_a_clip_and_every_frame_is_matched(make
     inverted = []
     original = method.invert
     method.invert = lambda image, *args: inverted.append(image.shape) or original(image, *args)
-    with_video = method(sample, torch.Generator().manual_seed(1))
+    with_video = method(sample, 1)
     assert (3, 3, 64, 64) in inverted and (3, 64, 64) not in inverted
-    with_image = method(clip, torch.Generator().manual_seed(1))
+    with_image = method(clip, 1)
     assert with_video.frames.shape == clip.frames.shape
     assert (with_video.frames - with_image.frames).abs().max() > 1e-3  # the other reference frames count
 
@@ -265,11 +265,11 @@ def test_a_reference_video_is_inverted_as_a_clip_and_every_frame_is_matched(make
 def test_wrong_kind_of_sample_or_backbone_is_a_clear_error(make, clip, backbone, tmp_path):
     method = make()
     with pytest.raises(ValueError, match="is an image but backbone tiny_video is a video backbone"):
-        method(clip.frame_sample(0), torch.Generator().manual_seed(0))
+        method(clip.frame_sample(0), 0)
     image_method = Semantix(num_steps=2)
     image_method.prepare(backbone, tmp_path / "cache")
     with pytest.raises(ValueError, match="frame by frame"):
-        image_method(clip, torch.Generator().manual_seed(0))
+        image_method(clip, 0)
 
 
 # -- the frame-by-frame baseline ---------------------------------------------------------------------
@@ -278,9 +278,9 @@ def test_frame_by_frame_runs_the_image_method_on_each_frame_with_the_same_seed(v
     baseline = FrameByFrame(inner)
     baseline.prepare(video_backbone, tmp_path / "cache")
     assert inner.backbone is video_backbone.image_backbone
-    output = baseline(clip, torch.Generator().manual_seed(7))
+    output = baseline(clip, 7)
     assert output.frames.shape == clip.frames.shape and torch.equal(output.image, output.frames[0])
-    alone = inner(clip.frame_sample(3), torch.Generator().manual_seed(7))
+    alone = inner(clip.frame_sample(3), 7)
     assert torch.equal(output.frames[3], alone.image)
     assert len(output.diagnostics["grad_norm"]) == FRAMES
 
@@ -290,7 +290,7 @@ def test_frame_by_frame_batches_frames_with_the_same_results(video_backbone, cli
     for per_call in (1, 4):
         baseline = FrameByFrame(Semantix(num_steps=3, adain_start_step=1), frames_per_call=per_call)
         baseline.prepare(video_backbone, tmp_path / f"cache{per_call}")
-        outputs[per_call] = baseline(clip, torch.Generator().manual_seed(7)).frames
+        outputs[per_call] = baseline(clip, 7).frames
     assert (outputs[1] - outputs[4]).abs().max() < 2e-3
 
 
@@ -311,9 +311,9 @@ def test_frame_by_frame_configs_build_their_wrapped_methods():
 def test_frame_by_frame_identity_returns_the_source_video(clip, tmp_path):
     baseline = FrameByFrame(Identity())
     baseline.prepare(None, tmp_path)
-    assert torch.equal(baseline(clip, torch.Generator().manual_seed(0)).frames, clip.frames)
+    assert torch.equal(baseline(clip, 0).frames, clip.frames)
     with pytest.raises(ValueError, match="needs a video sample"):
-        baseline(clip.frame_sample(0), torch.Generator().manual_seed(0))
+        baseline(clip.frame_sample(0), 0)
 
 
 def test_frame_samples_carry_their_own_content_hash(clip):

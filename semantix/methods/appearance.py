@@ -28,7 +28,6 @@ of the other segments form the foreground; or none.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,11 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semantix.diffusion import DDPMStepper, Inversion, UNetEpsFn, invert
+from semantix.diffusion import Inversion, invert
 from semantix.diffusion.attention import self_attention_layers
-from semantix.diffusion.cache import TensorCache
-from semantix.io import stable_hash
-from semantix.methods.base import Method
+from semantix.methods.diffusion import DiffusionMethod
 from semantix.types import Sample, SampleError
 
 OUTPUT, APPEARANCE, STRUCTURE = 0, 1, 2
@@ -74,10 +71,10 @@ class JointBatch:
         return self._token_masks[side]
 
 
-class JointAppearanceTransfer(Method):
+class JointAppearanceTransfer(DiffusionMethod):
     """Base of the two appearance-transfer methods; see the module docstring."""
 
-    uses_backbone = True
+    scheduler_kind = "ddpm"
 
     def __init__(
         self,
@@ -105,7 +102,7 @@ class JointAppearanceTransfer(Method):
             raise ValueError(f"each step range must be [start, end) with start <= end, got {list(step_ranges)}")
         if "{domain}" not in prompt:
             raise ValueError(f"prompt must contain '{{domain}}', got {prompt!r}")
-        self.num_steps = num_steps
+        super().__init__(num_steps, cache_inversions)
         self.skip_steps = skip_steps
         self.inversion_guidance_scale = inversion_guidance_scale
         self.prompt = prompt
@@ -120,36 +117,24 @@ class JointAppearanceTransfer(Method):
         self.mask_source = masks
         self.self_segments = int(self_segments)
         self.self_segment_threshold = float(self_segment_threshold)
-        self.cache_inversions = cache_inversions
 
     # -- set-up --------------------------------------------------------------------------------------
     def prepare(self, backbone, cache_dir: Path) -> None:
-        self.backbone = backbone
-        self.unet = backbone.unet
+        super().prepare(backbone, cache_dir)
         # Each selector's layers with its [start, end) step range; a layer named twice keeps its first range.
         self.layer_ranges: dict[str, tuple[int, int]] = {}
         for selector, step_range in zip(self.layer_selectors, self.step_ranges, strict=True):
             for name in self_attention_layers(self.unet, [selector]):
                 self.layer_ranges.setdefault(name, step_range)
-        self.scheduler = backbone.make_scheduler("ddpm")
-        self.scheduler.set_timesteps(self.num_steps)
-        self.stepper = DDPMStepper(self.scheduler)
-        self.uncond_embedding = backbone.encode_prompt([""])
         # Decoder cross-attention layers: recorded at the self-segmentation step (masks: self).
         self.cross_layers = [k[: -len(".processor")] for k in self.unet.attn_processors
                              if k.startswith("up_blocks") and k.endswith("attn2.processor")]
-        self.cache = TensorCache(Path(cache_dir), enabled=self.cache_inversions)
 
     # -- shared pieces -------------------------------------------------------------------------------
     @property
     def run_steps(self) -> range:
         """The denoising steps that run, numbered from 0 (module docstring)."""
         return range(self.num_steps - self.skip_steps)
-
-    def predict(self, x: torch.Tensor, t: int, emb: torch.Tensor) -> torch.Tensor:
-        """One UNet noise prediction of the joint batch ``x`` (rows as ``emb``'s), in ``x``'s dtype."""
-        dtype = self.unet.dtype
-        return self.unet(x.to(dtype), t, encoder_hidden_states=emb.to(dtype)).sample.to(x.dtype)
 
     def prompt_for(self, sample: Sample) -> str:
         return self.prompt.format(domain=sample.domain or self.default_domain)
@@ -164,10 +149,10 @@ class JointAppearanceTransfer(Method):
         """Steps r = 0, every, 2 every, ... below `structure_until` borrow from the structure image instead."""
         return self.structure_every is not None and r % self.structure_every == 0 and r < self.structure_until
 
-    def start(self, sample: Sample, generator: torch.Generator) -> JointBatch:
+    def start(self, sample: Sample, seed: int) -> JointBatch:
         """Invert the structure and the appearance image; the joint batch at step `skip_steps`."""
         prompt = self.prompt_for(sample)
-        structure, appearance, used = self.invert_inputs(sample, prompt, generator.initial_seed())
+        structure, appearance, used = self.invert_inputs(sample, prompt, seed)
         x, zs = self.joint_start(structure, appearance)
         masks = self.masks(sample)
         latent_masks = None if masks is None else [mask_at(m, x.shape[-1], sample.sample_id) for m in masks]
@@ -182,35 +167,26 @@ class JointAppearanceTransfer(Method):
         Appearance transfer takes one appearance image: with several references the first is used
         and the count is returned for the diagnostics.
         """
-        structure = self.invert_image(sample.content, sample.input_sha256.get("content"), prompt, seed, "structure")
-        appearance = self.invert_image(sample.references[0], sample.input_sha256.get(sample.reference_keys[0]), prompt, seed,
-                                       "appearance")
+        structure = self.invert(sample.content, sample.input_sha256.get("content"), prompt, seed, "structure")
+        appearance = self.invert(sample.references[0], sample.input_sha256.get(sample.reference_keys[0]), prompt, seed,
+                                 "appearance")
         return structure, appearance, 1
 
-    def invert_image(self, image: torch.Tensor, image_sha256: str | None, prompt: str, seed: int,
+    def invert(self, image: torch.Tensor, image_sha256: str | None, prompt: str, seed: int,
                      role: str) -> Inversion:
         """Edit-friendly DDPM inversion with CFG, from the on-disk cache when possible.
 
         The key has no method name: Eye-for-an-eye and Cross-Image Attention with the same
         settings share their inversions.
         """
-        key = {
-            "kind": "ddpm-inversion",
-            "backbone": self.backbone.provenance,
-            "image_sha256": image_sha256 or hashlib.sha256(image.numpy().tobytes()).hexdigest(),
-            "resolution": tuple(image.shape[-2:]),
-            "num_steps": self.num_steps,
-            "guidance_scale": self.inversion_guidance_scale,
-            "prompt": prompt,
-            "noise_seed": stable_hash(f"{seed}:{role}"),
-        }
+        key = self.inversion_key("ddpm-inversion", image, image_sha256, num_steps=self.num_steps,
+                                 guidance_scale=self.inversion_guidance_scale, prompt=prompt,
+                                 noise_seed=self.noise_seed(seed, role))
 
         def compute() -> dict:
-            latent = self.backbone.encode_images(image[None].to(self.backbone.device))
-            noise = torch.Generator().manual_seed(int(key["noise_seed"], 16) & 0x7FFFFFFF)
-            eps_fn = UNetEpsFn(self.unet, self.backbone.encode_prompt([prompt]), self.uncond_embedding,
-                               self.inversion_guidance_scale)
-            return invert(latent, eps_fn, self.scheduler, generator=noise).to("cpu").to_dict()
+            eps_fn = self.eps_fn(self.backbone.encode_prompt([prompt]), self.inversion_guidance_scale)
+            noise = self.noise_generator(key["noise_seed"])
+            return invert(self.encode(image), eps_fn, self.scheduler, generator=noise).to("cpu").to_dict()
 
         return Inversion.from_dict(self.cache.get_or_compute(key, compute)).to(self.backbone.device)
 

@@ -35,16 +35,22 @@ class Method(ABC):
         """Called once per job before the first sample. `cache_dir` is for expensive intermediates."""
 
     @abstractmethod
-    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
+    def __call__(self, sample: Sample, seed: int) -> MethodOutput:
         """Transfer the style/appearance of `sample.references` onto `sample.content`.
 
-        `generator` is seeded per sample by the runner; use it for every random draw.
+        `seed` is the runner's per-sample seed (`runner.sample_seed`): every random draw derives from
+        it (`seeded_generator(seed)` for torch draws), so a sample's output depends on nothing else.
         """
 
-    def call_batch(self, samples: Sequence[Sample], generators: Sequence[torch.Generator]) -> list[MethodOutput]:
-        """Several samples at once, each with its own generator; one output per sample, in order.
+    def call_batch(self, samples: Sequence[Sample], seeds: Sequence[int]) -> list[MethodOutput]:
+        """Several samples at once, each with its own seed; one output per sample, in order.
 
         The outputs must equal those of one call per sample (to float tolerance): batching is a
         speed-up, never a change of results. This default makes one call per sample.
         """
-        return [self(sample, generator) for sample, generator in zip(samples, generators, strict=True)]
+        return [self(sample, seed) for sample, seed in zip(samples, seeds, strict=True)]
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A fresh CPU generator seeded with `seed`: a method's torch random draws for one sample."""
+    return torch.Generator().manual_seed(seed)

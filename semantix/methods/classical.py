@@ -36,7 +36,7 @@ def _pooled_pixels(references: tuple[torch.Tensor, ...]) -> np.ndarray:
 
 
 class Identity(Method):
-    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
+    def __call__(self, sample: Sample, seed: int) -> MethodOutput:
         return MethodOutput(image=sample.content.clone())
 
 
@@ -44,7 +44,7 @@ class ReinhardColorTransfer(Method):
     def __init__(self, eps: float = 1e-6):
         self.eps = eps  # keeps a flat (zero-std) content channel from dividing by zero
 
-    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
+    def __call__(self, sample: Sample, seed: int) -> MethodOutput:
         content_lab = color.rgb2lab(_to_hwc(sample.content))
         reference_lab = color.rgb2lab(_pooled_pixels(sample.references))
         c_mean, c_std = content_lab.mean(axis=(0, 1)), content_lab.std(axis=(0, 1))
@@ -58,7 +58,7 @@ class ReinhardColorTransfer(Method):
 
 
 class HistogramMatching(Method):
-    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
+    def __call__(self, sample: Sample, seed: int) -> MethodOutput:
         matched = exposure.match_histograms(
             _to_hwc(sample.content), _pooled_pixels(sample.references), channel_axis=-1
         )

@@ -64,10 +64,10 @@ class CrossImageAttention(JointAppearanceTransfer):
         self.adain_start_step = adain_start_step
 
     # -- the algorithm -------------------------------------------------------------------------------
-    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
+    def __call__(self, sample: Sample, seed: int) -> MethodOutput:
         # 1. Edit-friendly DDPM inversion of the structure and the appearance image (CFG 3.5); the
         #    joint batch [output, appearance, structure] at step `skip_steps`.
-        job = self.start(sample, generator)
+        job = self.start(sample, seed)
         x = job.x
         swap_scales = self.swap_guidance_schedule()
         latent_masks = job.latent_masks
@@ -94,7 +94,7 @@ class CrossImageAttention(JointAppearanceTransfer):
                 eps_swap = self.predict(x, t, job.cond)
                 if r == segment_step:  # masks: self: segment the appearance and the structure row
                     latent_masks, segmentation = self.self_masks(processors, job, sample.domain or self.default_domain,
-                                                                 x.shape[-1], generator.initial_seed() & 0x7FFFFFFF)
+                                                                 x.shape[-1], seed & 0x7FFFFFFF)
                     self.record(processors, False)
                 # 2b. Swap guidance: a pass without the swap, extrapolated towards the swapped one
                 #     (only where a layer swapped). With text CFG > 1 (the paper uses 1: off), the
@@ -114,7 +114,7 @@ class CrossImageAttention(JointAppearanceTransfer):
                     out, app = x[OUTPUT:OUTPUT + 1], x[APPEARANCE:APPEARANCE + 1]
                     x[OUTPUT:OUTPUT + 1] = adain(out, app) if latent_masks is None else masked_adain(out, app, *latent_masks)
         # 3. Decode the output row.
-        image = self.backbone.decode_latents(x[OUTPUT:OUTPUT + 1])[0]
+        image = self.decode(x[OUTPUT:OUTPUT + 1])[0]
         return MethodOutput(image=image, diagnostics={"num_references_used": job.references_used,
                                                       "masked": job.masks is not None, "prompt": job.prompt,
                                                       "masks": job.mask_source, **segmentation})

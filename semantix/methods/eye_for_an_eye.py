@@ -74,10 +74,10 @@ class EyeForAnEye(JointAppearanceTransfer):
         self.match_chunk_size = match_chunk_size
 
     # -- the algorithm -------------------------------------------------------------------------------
-    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
+    def __call__(self, sample: Sample, seed: int) -> MethodOutput:
         # 1. Edit-friendly DDPM inversion of the structure and the appearance image (CFG 3.5); the
         #    joint batch [output, appearance, structure] at step `skip_steps`.
-        job = self.start(sample, generator)
+        job = self.start(sample, seed)
         x = job.x
         latent_masks = job.latent_masks
         statistics = self.statistics_matching(latent_masks is not None)
@@ -94,14 +94,14 @@ class EyeForAnEye(JointAppearanceTransfer):
                 eps_uncond = self.predict(x, t, job.uncond)
                 # 2b. Conditional pass: output features rearranged by correspondence (or the structure's).
                 active = self.active_layers(r)
-                rewrite = self._rewrite(r, job)
+                rewrite = self.rewrite(r, job)
                 for name, proc in processors.items():
                     proc.inject = Injection(rewrite_hidden=rewrite) if name in active else None
                 self.record(processors, r == segment_step)
                 eps_cond = self.predict(x, t, job.cond)
                 if r == segment_step:  # masks: self: segment the appearance and the structure row
                     latent_masks, segmentation = self.self_masks(processors, job, sample.domain or self.default_domain,
-                                                                 x.shape[-1], generator.initial_seed() & 0x7FFFFFFF)
+                                                                 x.shape[-1], seed & 0x7FFFFFFF)
                     self.record(processors, False)
                     statistics = self.statistics_matching(latent_masks is not None)
                 # 2c. CFG 2.5 and the DDPM step of each row with its own noise map.
@@ -113,7 +113,7 @@ class EyeForAnEye(JointAppearanceTransfer):
                     x[OUTPUT:OUTPUT + 1] = masked_adain(out, app, *latent_masks) if statistics == "masked_adain" \
                         else adain(out, app)
         # 3. Decode the output row.
-        image = self.backbone.decode_latents(x[OUTPUT:OUTPUT + 1])[0]
+        image = self.decode(x[OUTPUT:OUTPUT + 1])[0]
         return MethodOutput(image=image, diagnostics={"num_references_used": job.references_used,
                                                       "masked": job.masks is not None, "prompt": job.prompt,
                                                       "statistics_matching": statistics, "masks": job.mask_source,
@@ -135,7 +135,7 @@ class EyeForAnEye(JointAppearanceTransfer):
         return "adain" if self.stats_without_masks == "adain" else "none"
 
     # -- pieces --------------------------------------------------------------------------------------
-    def _rewrite(self, r: int, job: JointBatch):
+    def rewrite(self, r: int, job: JointBatch):
         """The hidden-state rewrite of run step `r` for rows [output, appearance, structure]."""
         if self.is_structure_step(r):
             def to_structure(hidden: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """The naive video baseline: an image method applied to every frame on its own.
 
 The reference a video method must beat on temporal consistency (the Semantix paper compares its
-video results with per-frame stylisation). Every frame gets a fresh generator with the SAME seed,
-so each frame's random draws (inversion noise, sampling noise) are identical: what flickers between
+video results with per-frame stylisation). Every frame is called with the SAME seed, so each
+frame's random draws (inversion noise, sampling noise) are identical: what flickers between
 frames comes from the frames, not from different noise. On a video backbone (AnimateDiff) the image
 method runs on the backbone's image layers alone, i.e. plain SD1.5 (`Backbone.image_backbone`).
 Settings: those of the wrapped method's own config (`method:` in conf/method/frames_*.yaml);
@@ -36,14 +36,13 @@ class FrameByFrame(Method):
         image_backbone = backbone.image_backbone if backbone is not None and backbone.is_video else backbone
         self.method.prepare(image_backbone, cache_dir)
 
-    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
+    def __call__(self, sample: Sample, seed: int) -> MethodOutput:
         if not sample.is_video:
             raise ValueError(f"frame_by_frame needs a video sample; {sample.sample_id} is an image")
-        seed = generator.initial_seed()
         frames = [sample.frame_sample(f) for f in range(sample.frames.shape[0])]
         outputs = []
         for start in range(0, len(frames), self.frames_per_call):
             chunk = frames[start:start + self.frames_per_call]
-            outputs += self.method.call_batch(chunk, [torch.Generator().manual_seed(seed) for _ in chunk])
+            outputs += self.method.call_batch(chunk, [seed] * len(chunk))
         diagnostics = {key: [o.diagnostics.get(key) for o in outputs] for key in outputs[0].diagnostics}
         return MethodOutput.video(torch.stack([o.image for o in outputs]), diagnostics)

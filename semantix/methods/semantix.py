@@ -28,16 +28,13 @@ overlapping windows blended at every step (`semantix.diffusion.windows`).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from semantix.diffusion import (
-    DDPMStepper,
     Inversion,
-    UNetEpsFn,
     adain,
     capture_block_outputs,
     cfg,
@@ -52,11 +49,10 @@ from semantix.diffusion import (
     spatial_energy,
     style_energy,
 )
-from semantix.diffusion.cache import TensorCache, resolve_feature_dtype
+from semantix.diffusion.cache import resolve_feature_dtype
 from semantix.diffusion.matching import PE_FORMS
 from semantix.diffusion.windows import frame_windows, in_windows
-from semantix.io import stable_hash
-from semantix.methods.base import Method
+from semantix.methods.diffusion import DiffusionMethod
 from semantix.types import MethodOutput, Sample
 
 GUIDANCE_FORMS = ("eps", "latent")
@@ -64,8 +60,8 @@ MATCH_SOURCES = ("context", "output")
 ADAIN_MODES = ("every", "once")
 
 
-class Semantix(Method):
-    uses_backbone = True
+class Semantix(DiffusionMethod):
+    scheduler_kind = "ddpm"
 
     def __init__(
         self,
@@ -110,7 +106,7 @@ class Semantix(Method):
             raise ValueError(f"adain_mode must be one of {ADAIN_MODES}, got {adain_mode!r}")
         if energy_scale <= 0:
             raise ValueError(f"energy_scale must be > 0, got {energy_scale}")
-        self.num_steps = num_steps
+        super().__init__(num_steps, cache_inversions)
         self.guidance_scale = guidance_scale
         self.prompt = prompt
         self.reference_prompt = reference_prompt
@@ -135,7 +131,6 @@ class Semantix(Method):
         self.reg_max_side = reg_max_side
         self.adain_start_step = adain_start_step
         self.adain_mode = adain_mode
-        self.cache_inversions = cache_inversions
         self.feature_dtype = resolve_feature_dtype(feature_dtype)
         frame_windows(window_size, window_size, window_overlap)  # validates the pair
         self.window_size = window_size
@@ -143,8 +138,7 @@ class Semantix(Method):
 
     # -- set-up --------------------------------------------------------------------------------------
     def prepare(self, backbone, cache_dir: Path) -> None:
-        self.backbone = backbone
-        self.unet = backbone.unet
+        super().prepare(backbone, cache_dir)
         for path in self.feature_blocks:
             try:
                 self.unet.get_submodule(path)
@@ -155,25 +149,19 @@ class Semantix(Method):
         if max_frames is not None and self.window_size > max_frames:
             raise ValueError(f"window_size {self.window_size} exceeds the motion modules' {max_frames} frames "
                              f"(motion_max_seq_length of backbone {backbone.name}); use at most {max_frames}")
-        self.scheduler = backbone.make_scheduler("ddpm")
-        self.scheduler.set_timesteps(self.num_steps)
-        self.stepper = DDPMStepper(self.scheduler)
-        self.uncond_embedding = backbone.encode_prompt([""])
-        self.cache = TensorCache(Path(cache_dir), enabled=self.cache_inversions)
 
     # -- the algorithm -------------------------------------------------------------------------------
     supports_batch = True
     supports_video = True
 
-    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
-        return self.call_batch([sample], [generator])[0]
+    def __call__(self, sample: Sample, seed: int) -> MethodOutput:
+        return self.call_batch([sample], [seed])[0]
 
-    def call_batch(self, samples, generators) -> list[MethodOutput]:
+    def call_batch(self, samples, seeds) -> list[MethodOutput]:
         """Semantix on several samples, their output branches denoised as one batch (same results)."""
         contexts, references, conds = [], [], []
-        for sample, generator in zip(samples, generators, strict=True):
+        for sample, seed in zip(samples, seeds, strict=True):
             self._check_sample_kind(sample)
-            seed = generator.initial_seed()
             context_prompt = sample.prompt or self.prompt
             conds.append(self.backbone.encode_prompt([context_prompt]))
             # 1. Invert the context (all frames of a video at once) and every reference (edit-friendly DDPM
@@ -193,11 +181,10 @@ class Semantix(Method):
 
         # 2. Guided sampling of the output branches; 3. decode.
         latents, diagnostics = self.sample(contexts, references, torch.cat(conds))
+        decoded = self.decode(latents)
         if latents.ndim == 4:
-            images = self.backbone.decode_latents(latents)
-            return [MethodOutput(image=image, diagnostics=d) for image, d in zip(images, diagnostics, strict=True)]
-        videos = self.backbone.decode_latents(latents.flatten(0, 1)).unflatten(0, latents.shape[:2])
-        return [MethodOutput.video(frames, d) for frames, d in zip(videos, diagnostics, strict=True)]
+            return [MethodOutput(image=image, diagnostics=d) for image, d in zip(decoded, diagnostics, strict=True)]
+        return [MethodOutput.video(frames, d) for frames, d in zip(decoded, diagnostics, strict=True)]
 
     def _check_sample_kind(self, sample: Sample) -> None:
         if sample.is_video and not self.backbone.is_video:
@@ -300,36 +287,22 @@ class Semantix(Method):
         return i == self.adain_start_step if self.adain_mode == "once" else i >= self.adain_start_step
 
     # -- pieces --------------------------------------------------------------------------------------
-    def _eps_fn(self, cond: torch.Tensor, capture: Sequence[str] = (), batch_cfg: bool = False) -> UNetEpsFn:
-        # Two separate passes (no batched CFG) by default so the guided sampler, whose conditional pass
-        # needs a gradient, computes exactly the same numbers as the inversion did.
-        return UNetEpsFn(self.unet, cond, self.uncond_embedding, self.guidance_scale, capture=capture,
-                         batch_cfg=batch_cfg)
-
     def invert(self, image: torch.Tensor, image_sha256: str | None, prompt: str, seed: int, role: str) -> Inversion:
         """Inversion with features, from the on-disk cache when an identical one was made before."""
-        key = {
-            "kind": "semantix-inversion",
-            "backbone": self.backbone.provenance,
-            "image_sha256": image_sha256 or hashlib.sha256(image.detach().cpu().numpy().tobytes()).hexdigest(),
-            "resolution": tuple(image.shape[-2:]),
-            "scheduler": self.backbone.scheduler_config,
-            "num_steps": self.num_steps,
-            "guidance_scale": self.guidance_scale,
-            "batch_cfg": self.batch_cfg_inversion,
-            "prompt": prompt,
-            "noise_seed": stable_hash(f"{seed}:{role}"),
-            "feature_blocks": self.feature_blocks,
-            "feature_dtype": str(self.feature_dtype),
-        }
+        key = self.inversion_key(
+            "semantix-inversion", image, image_sha256, scheduler=self.backbone.scheduler_config,
+            num_steps=self.num_steps, guidance_scale=self.guidance_scale, batch_cfg=self.batch_cfg_inversion,
+            prompt=prompt, noise_seed=self.noise_seed(seed, role), feature_blocks=self.feature_blocks,
+            feature_dtype=str(self.feature_dtype),
+        )
         if self.backbone.is_video:
             key["frames"] = image.shape[0] if image.ndim == 4 else 1
             key["window"] = (self.window_size, self.window_overlap)
 
         def compute() -> dict:
-            noise = torch.Generator().manual_seed(int(key["noise_seed"], 16) & 0x7FFFFFFF)
-            eps_fn = self._inversion_eps_fn(self.backbone.encode_prompt([prompt]))
-            return invert(self._encode(image), eps_fn, self.scheduler, generator=noise,
+            eps_fn = self.inversion_eps_fn(self.backbone.encode_prompt([prompt]))
+            noise = self.noise_generator(key["noise_seed"])
+            return invert(self.encode(image), eps_fn, self.scheduler, generator=noise,
                           features_device="cpu").to("cpu").to_dict()
 
         # The features of all T steps stay in host memory (16 frames at 512 px: ~7.5 GB in float16);
@@ -339,13 +312,14 @@ class Semantix(Method):
             inversion.features = [{k: v.pin_memory() for k, v in step.items()} for step in inversion.features]
         return inversion.to(self.backbone.device, move_features=False)
 
-    def _inversion_eps_fn(self, cond: torch.Tensor):
+    def inversion_eps_fn(self, cond: torch.Tensor):
         """``eps_fn(x_t, t) -> (eps, features)`` of the inversion: CFG prediction and the decoder features
         in `feature_dtype`; a video latent runs in blended frame windows (features blended too).
         With `batch_cfg_inversion` the unconditional and conditional passes run as one batch of 2B: the
         sampler's separate passes then differ from the inversion's by float rounding, so a zero-guidance
         output retraces the context to ~5e-5 instead of ~1e-8 (tiny backbone; docs/method.md, "Inversion")."""
-        eps_fn = self._eps_fn(cond, capture=self.feature_blocks, batch_cfg=self.batch_cfg_inversion)
+        eps_fn = self.eps_fn(cond, self.guidance_scale, capture=self.feature_blocks,
+                             batch_cfg=self.batch_cfg_inversion)
 
         def eps_with_stored_features(x_t, t):
             eps, feats = eps_fn(x_t, t)
@@ -357,22 +331,14 @@ class Semantix(Method):
 
         return lambda x_t, t: (eps_in_windows if x_t.ndim == 5 else eps_with_stored_features)(x_t, t)
 
-    def _encode(self, image: torch.Tensor) -> torch.Tensor:
-        """The latent of an image ``(3, H, W)`` -> ``(1, C, h, w)``, or of a clip ``(F, 3, H, W)`` ->
-        ``(1, F, C, h, w)``; on a video backbone an image is a one-frame clip."""
-        if image.ndim == 3 and not self.backbone.is_video:
-            return self.backbone.encode_images(image[None].to(self.backbone.device))
-        frames = image if image.ndim == 4 else image[None]
-        return self.backbone.encode_images(frames.to(self.backbone.device))[None]
-
     def _windowed_guided_prediction(self, x, t, i, cond, context_features, reference_features, windows):
-        """`_guided_prediction` on each frame window of a video, blended; an image's in one call."""
+        """`guided_prediction` on each frame window of a video, blended; an image's in one call."""
         if windows is None:
-            return self._guided_prediction(x, t, i, cond, context_features, reference_features)
-        return in_windows(lambda x_window, window: self._guided_prediction(
+            return self.guided_prediction(x, t, i, cond, context_features, reference_features)
+        return in_windows(lambda x_window, window: self.guided_prediction(
             x_window, t, i, cond, [_frames(f, window) for f in context_features], reference_features), x, windows)
 
-    def _guided_prediction(self, x, t, i, cond, context_features, reference_features):
+    def guided_prediction(self, x, t, i, cond, context_features, reference_features):
         """eps~ = CFG(eps_u, eps_c) + sqrt(1 - abar_t) g, g = sum_k clamp(d s gamma_k E_k / dx) (steps 2.2-2.4).
 
         Returns the guided eps, the guidance g and per-sample diagnostics ``(B,)`` (videos: means over
@@ -380,20 +346,22 @@ class Semantix(Method):
         clamp, the guidance's size relative to the noise prediction, and the match displacement per
         block. All stay on the device (read once, after the loop).
         """
-        eps_fn = self._eps_fn(cond)
+        # Two separate passes (no batched CFG), so that the conditional pass, which needs a gradient,
+        # computes exactly the numbers the inversion did (unless `batch_cfg_inversion`).
+        eps_fn = self.eps_fn(cond, self.guidance_scale, batch_cfg=False)
         if not any(self.gammas.values()):
             with torch.no_grad():
                 eps, _ = eps_fn(x, t)
             return eps, torch.zeros_like(x), {"guidance_ratio": torch.zeros(x.shape[0], device=x.device)}
         x_in = x.detach().requires_grad_(True)
         with torch.enable_grad(), capture_block_outputs(self.unet, self.feature_blocks) as captured:
-            eps_cond = eps_fn.predict(x_in, t, cond)
+            eps_cond = self.predict(x_in, t, cond)
         with torch.no_grad():
-            eps_uncond = eps_fn.predict(x, t, self.uncond_embedding.expand(x.shape[0], -1, -1))
+            eps_uncond = self.predict(x, t, self.uncond_embedding.expand(x.shape[0], -1, -1))
         eps = cfg(eps_uncond, eps_cond.detach(), self.guidance_scale)
         output_features = {k: frames_first(v, x).float() for k, v in captured.items()}
         with torch.enable_grad():
-            energies, matches = self._energies(output_features, context_features, reference_features)
+            energies, matches = self.energies(output_features, context_features, reference_features)
             # Sum over samples: each sample's gradient is that of its own energy.
             weighted = {k: self.energy_scale * self.gammas[k] * e.sum() for k, e in energies.items()}
             gradients = clamped_energy_gradient(weighted, x_in, self.grad_clamp, self.batched_gradients)
@@ -411,27 +379,27 @@ class Semantix(Method):
             stats[f"clamp_fraction_{k}"] = gradients.clamped_fraction[k]
         return eps, guidance, stats | matches
 
-    def _energies(self, output_features, context_features, reference_features):
+    def energies(self, output_features, context_features, reference_features):
         """The three energy terms per sample ``(B,)``, averaged over blocks with `block_weights`, and the
         match displacement statistics per block ``(B,)`` (when style guidance matched)."""
-        per_sample = [self._sample_energies({k: v[b] for k, v in output_features.items()}, context_features[b],
+        per_sample = [self.sample_energies({k: v[b] for k, v in output_features.items()}, context_features[b],
                                             reference_features[b]) for b in range(len(context_features))]
         energies = {k: torch.stack([e[k] for e, _ in per_sample]) for k in per_sample[0][0]}
         matches = {k: torch.stack([m[k] for _, m in per_sample]) for k in per_sample[0][1]}
         return energies, matches
 
-    def _sample_energies(self, output_features, context_features, reference_features):
+    def sample_energies(self, output_features, context_features, reference_features):
         """One sample's energies and match statistics: ``output_features[block]`` is ``(C, h, w)``
         (video: ``(F, C, h, w)``, each frame's energies computed on its own and summed over frames, its
         match statistics averaged over frames), the others as stored."""
         first = next(iter(output_features.values()))
         if first.ndim == 3:
-            return self._frame_energies(output_features, {k: v[0] for k, v in context_features.items()},
+            return self.frame_energies(output_features, {k: v[0] for k, v in context_features.items()},
                                         [{k: v[0] for k, v in r.items()} for r in reference_features])
         # A reference (image or clip) offers all its frames' features to every output frame.
         references = _frame_dicts(reference_features)
         per_frame = [
-            self._frame_energies({k: v[f] for k, v in output_features.items()},
+            self.frame_energies({k: v[f] for k, v in output_features.items()},
                                  {k: v[0, f] for k, v in context_features.items()}, references)
             for f in range(first.shape[0])
         ]
@@ -441,7 +409,7 @@ class Semantix(Method):
         matches = {k: torch.stack([m[k] for _, m in per_frame]).mean() for k in per_frame[0][1]}
         return energies, matches
 
-    def _frame_energies(self, output_features, context_features, reference_features):
+    def frame_energies(self, output_features, context_features, reference_features):
         """The energies of one image (or one video frame), every feature ``(C, h, w)``, and, when style
         guidance is on, each block's match displacement: median and 90th percentile (in cells) and the
         fraction matched within one cell of its own position."""

@@ -22,7 +22,6 @@ output's and the content's queries; decode.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,8 @@ import torch.nn.functional as F
 
 from semantix.checkpoints import refusing_pickled_code
 from semantix.diffusion.attention import self_attention_layers
-from semantix.diffusion.cache import TensorCache, resolve_feature_dtype
+from semantix.diffusion.cache import resolve_feature_dtype
 from semantix.diffusion.ddim import ddim_invert
-from semantix.diffusion.eps import UNetEpsFn
 from semantix.diffusion.features import capture_block_outputs
 from semantix.diffusion.regions import (
     FEATURE_NORMALIZATIONS,
@@ -65,7 +63,8 @@ from semantix.diffusion.regions import (
     token_region_masks,
     weighted_features,
 )
-from semantix.methods.base import Method
+from semantix.methods.base import seeded_generator
+from semantix.methods.diffusion import DiffusionMethod
 from semantix.types import MethodOutput, Sample, WeightsNotFoundError
 
 SEMANTIC_FEATURES = ("backbone", "dinov2")
@@ -100,8 +99,8 @@ class ImageRegions:
                 "depth_split": self.depth_split}
 
 
-class StyleGallery(Method):
-    uses_backbone = True
+class StyleGallery(DiffusionMethod):
+    scheduler_kind = "ddim"  # of the stage-1 inversion
 
     def __init__(
         self,
@@ -172,7 +171,7 @@ class StyleGallery(Method):
             raise ValueError(f"need 2 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
         if opt_steps < 0 or inversion_steps < 1:
             raise ValueError(f"need opt_steps >= 0 and inversion_steps >= 1, got {opt_steps}, {inversion_steps}")
-        self.inversion_steps = inversion_steps
+        super().__init__(inversion_steps, cache_inversions)  # the base's schedule: the stage-1 inversion's
         self.prompt = prompt
         self.region_block = region_block
         self.step_weighting = step_weighting
@@ -205,15 +204,13 @@ class StyleGallery(Method):
         self.learning_rate = float(learning_rate)
         self.opt_steps = opt_steps
         self.opt_timestep = opt_timestep
-        self.cache_inversions = cache_inversions
         self.feature_dtype = resolve_feature_dtype(feature_dtype)
         self.dinov2 = None  # set in prepare when configured
         self.depth = None
 
     # -- set-up --------------------------------------------------------------------------------------
     def prepare(self, backbone, cache_dir: Path) -> None:
-        self.backbone = backbone
-        self.unet = backbone.unet
+        super().prepare(backbone, cache_dir)
         try:
             self.unet.get_submodule(self.region_block)
         except AttributeError:
@@ -221,11 +218,8 @@ class StyleGallery(Method):
             raise ValueError(f"region_block {self.region_block!r} not in the UNet; decoder blocks: {known}") from None
         self.layers = self_attention_layers(self.unet, self.layer_selectors)
         self.heads = {name: int(self.unet.get_submodule(name).heads) for name in self.layers}
-        self.inversion_scheduler = backbone.make_scheduler("ddim")
-        self.inversion_scheduler.set_timesteps(self.inversion_steps)
         self.opt_timesteps = self._optimisation_timesteps(backbone)
         self.embedding = backbone.encode_prompt([self.prompt])
-        self.cache = TensorCache(Path(cache_dir), enabled=self.cache_inversions)
         device = backbone.device
         self.dinov2 = _load_dinov2(self.dinov2_weights).to(device) if self.semantic_features == "dinov2" else None
         self.depth = _load_depth_model(self.depth_model_path, device) if self.depth_split else None
@@ -242,8 +236,8 @@ class StyleGallery(Method):
         return [int(t) for t in scheduler.timesteps]
 
     # -- the algorithm -------------------------------------------------------------------------------
-    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
-        random_state = int(torch.randint(0, 2**31 - 1, (), generator=generator))  # K-means seeds
+    def __call__(self, sample: Sample, seed: int) -> MethodOutput:
+        random_state = int(torch.randint(0, 2**31 - 1, (), generator=seeded_generator(seed)))  # K-means seeds
         images = [sample.content, *sample.references]
         names = ["content", *(f"reference_{j}" for j in range(len(sample.references)))]
         hashes = [sample.input_sha256.get(k) for k in ["content", *sample.reference_keys]]
@@ -252,7 +246,7 @@ class StyleGallery(Method):
         # decoder features of a short inversion: PCA, K-means (k by silhouette), merge, clean-up.
         inverted = [self.decoder_features(image, sha) for image, sha in zip(images, hashes, strict=True)]
         features = [f for f, _ in inverted]
-        latents = [self.backbone.encode_images(image[None].to(self.backbone.device)) for image in images]
+        latents = [self.encode(image) for image in images]
         regions = [self.semantic_regions(f, image, random_state, latent)
                    for f, image, latent in zip(features, images, latents, strict=True)]
 
@@ -268,7 +262,7 @@ class StyleGallery(Method):
             start = latents[0]
         latent, trace = self.optimise(latents[0], latents[1:], regions[0], regions[1:], matches, start=start)
         return MethodOutput(
-            image=self.backbone.decode_latents(latent)[0],
+            image=self.decode(latent)[0],
             diagnostics={
                 "num_references": len(sample.references),
                 "init_latent": self.init_latent,
@@ -287,33 +281,25 @@ class StyleGallery(Method):
         The per-step features of the DDIM inversion (empty prompt, no CFG) come from the on-disk
         cache when an identical inversion was made before.
         """
-        key = {
-            "kind": "stylegallery-features",
-            "backbone": self.backbone.provenance,
-            "image_sha256": image_sha256 or hashlib.sha256(image.numpy().tobytes()).hexdigest(),
-            "resolution": tuple(image.shape[-2:]),
-            "num_steps": self.inversion_steps,
-            "scheduler": "ddim",
-            "prompt": self.prompt,
-            "block": self.region_block,
-            "feature_dtype": str(self.feature_dtype),
-        }
+        key = self.inversion_key("stylegallery-features", image, image_sha256, num_steps=self.num_steps,
+                                 scheduler="ddim", prompt=self.prompt, block=self.region_block,
+                                 feature_dtype=str(self.feature_dtype))
 
         def compute() -> dict:
-            latent = self.backbone.encode_images(image[None].to(self.backbone.device))
-            eps_fn = UNetEpsFn(self.unet, self.embedding, capture=(self.region_block,))
+            latent = self.encode(image)
+            eps_fn = self.eps_fn(self.embedding, capture=(self.region_block,))
 
             def eps_with_features(x, t):
                 eps, feats = eps_fn(x, t)
                 return eps, feats[self.region_block][0].detach().to(self.feature_dtype).cpu()
 
-            inversion = ddim_invert(latent, eps_with_features, self.inversion_scheduler)
+            inversion = ddim_invert(latent, eps_with_features, self.scheduler)
             return {"format": "semantix.stylegallery_features/2", "timesteps": list(inversion.timesteps),
                     "features": torch.stack(inversion.features), "last_latent": inversion.xts[0].detach().float().cpu()}
 
         payload = self.cache.get_or_compute(key, compute)
         steps = payload["features"]  # (T, C, h, w), noisiest step first
-        if payload.get("format") != "semantix.stylegallery_features/2" or steps.shape[0] != self.inversion_steps:
+        if payload.get("format") != "semantix.stylegallery_features/2" or steps.shape[0] != self.num_steps:
             raise ValueError(f"unexpected stylegallery feature cache entry for {key['image_sha256']}")
         weighted = weighted_features(steps.to(self.backbone.device), step_weights(steps.shape[0], self.step_weighting))
         return weighted, payload["last_latent"]
@@ -498,9 +484,8 @@ class StyleGallery(Method):
         """Projected q/k/v ``(1, N, C)`` of every chosen self-attention layer for one UNet pass on the
         (clean) latent at timestep ``t``; not detached, so gradients reach ``latent``."""
         paths = {f"{layer}.to_{n}": (layer, n) for layer in self.layers for n in which}
-        dtype = self.unet.dtype
         with capture_block_outputs(self.unet, list(paths)) as captured:
-            self.unet(latent.to(dtype), t, encoder_hidden_states=self.embedding.to(dtype))
+            self.predict(latent, t, self.embedding)
         out: dict[str, dict] = {layer: {} for layer in self.layers}
         for path, (layer, n) in paths.items():
             out[layer][n] = captured[path]

@@ -15,7 +15,6 @@ the temperature T = 1.5; DDIM sampling (eta = 0); decode.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,16 +27,16 @@ from semantix.diffusion.attention import (
     attention_processors,
     self_attention_layers,
 )
-from semantix.diffusion.cache import TensorCache, resolve_feature_dtype
-from semantix.diffusion.ddim import DDIMInversion, DDIMStepper, ddim_invert
-from semantix.methods.base import Method
+from semantix.diffusion.cache import resolve_feature_dtype
+from semantix.diffusion.ddim import DDIMInversion, ddim_invert
+from semantix.methods.diffusion import DiffusionMethod
 from semantix.types import MethodOutput, Sample
 
 MULTI_REFERENCE = ("concat", "first")
 
 
-class StyleID(Method):
-    uses_backbone = True
+class StyleID(DiffusionMethod):
+    scheduler_kind = "ddim"
 
     def __init__(
         self,
@@ -60,7 +59,7 @@ class StyleID(Method):
             raise ValueError(f"gamma must be in [0, 1], got {gamma}")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        self.num_steps = num_steps
+        super().__init__(num_steps, cache_inversions)
         self.gamma = float(gamma)
         self.temperature = float(temperature)
         self.layer_selectors = list(layers)
@@ -70,33 +69,27 @@ class StyleID(Method):
         self.adain_init = adain_init
         self.prompt = prompt
         self.multi_reference = multi_reference
-        self.cache_inversions = cache_inversions
         self.feature_dtype = resolve_feature_dtype(feature_dtype)
 
     # -- set-up --------------------------------------------------------------------------------------
     def prepare(self, backbone, cache_dir: Path) -> None:
-        self.backbone = backbone
-        self.unet = backbone.unet
+        super().prepare(backbone, cache_dir)
         self.layers = self_attention_layers(self.unet, self.layer_selectors)
-        self.scheduler = backbone.make_scheduler("ddim")
-        self.scheduler.set_timesteps(self.num_steps)
-        self.stepper = DDIMStepper(self.scheduler)
         self.embedding = backbone.encode_prompt([self.prompt])
-        self.cache = TensorCache(Path(cache_dir), enabled=self.cache_inversions)
 
     # -- the algorithm -------------------------------------------------------------------------------
-    def __call__(self, sample: Sample, generator: torch.Generator) -> MethodOutput:
+    def __call__(self, sample: Sample, seed: int) -> MethodOutput:
         # 1. DDIM inversion of the content (recording its queries) and of the style(s) (keys/values).
-        content = self._invert(sample.content, sample.input_sha256.get("content"), ("q",))
+        content = self.invert(sample.content, sample.input_sha256.get("content"), ("q",))
         references = list(sample.references)
         hashes = [sample.input_sha256.get(k) for k in sample.reference_keys]
         if self.multi_reference == "first":
             references, hashes = references[:1], hashes[:1]
-        styles = [self._invert(img, sha, ("k", "v")) for img, sha in zip(references, hashes, strict=True)]
+        styles = [self.invert(img, sha, ("k", "v")) for img, sha in zip(references, hashes, strict=True)]
 
         # 2. Injected DDIM sampling from AdaIN(z_T^c, z_T^s); 3. decode.
         latent = self.sample(content, styles)
-        return MethodOutput(image=self.backbone.decode_latents(latent)[0],
+        return MethodOutput(image=self.decode(latent)[0],
                             diagnostics={"num_references_used": len(styles)})
 
     @torch.no_grad()
@@ -112,7 +105,7 @@ class StyleID(Method):
                 injecting = self.inject and self.inject_start <= i < self.inject_end
                 for name, proc in processors.items():
                     proc.inject = self._injection(content, styles, i, name) if injecting else None
-                x = self.stepper.step(x, self._eps(x, t), i)
+                x = self.stepper.step(x, self.predict(x, t, self.embedding), i)
         return x
 
     # -- pieces --------------------------------------------------------------------------------------
@@ -124,28 +117,14 @@ class StyleID(Method):
         return Injection(key=key, value=value, query=content.features[i][name]["q"], gamma=self.gamma,
                          temperature=self.temperature)
 
-    def _eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        dtype = self.unet.dtype
-        emb = self.embedding.expand(x.shape[0], *self.embedding.shape[1:]).to(dtype)
-        return self.unet(x.to(dtype), t, encoder_hidden_states=emb).sample.to(x.dtype)
-
-    def _invert(self, image: torch.Tensor, image_sha256: str | None, record: tuple[str, ...]) -> DDIMInversion:
+    def invert(self, image: torch.Tensor, image_sha256: str | None, record: tuple[str, ...]) -> DDIMInversion:
         """DDIM inversion with recorded attention tensors, from the on-disk cache when possible."""
-        key = {
-            "kind": "styleid-inversion",
-            "backbone": self.backbone.provenance,
-            "image_sha256": image_sha256 or hashlib.sha256(image.numpy().tobytes()).hexdigest(),
-            "resolution": tuple(image.shape[-2:]),
-            "num_steps": self.num_steps,
-            "scheduler": "ddim",
-            "prompt": self.prompt,
-            "layers": self.layers,
-            "record": record,
-            "feature_dtype": str(self.feature_dtype),
-        }
+        key = self.inversion_key("styleid-inversion", image, image_sha256, num_steps=self.num_steps,
+                                 scheduler="ddim", prompt=self.prompt, layers=self.layers, record=record,
+                                 feature_dtype=str(self.feature_dtype))
 
         def compute() -> dict:
-            latent = self.backbone.encode_images(image[None].to(self.backbone.device))
+            latent = self.encode(image)
             processors = {name: InjectableAttnProcessor(name) for name in self.layers}
             for proc in processors.values():
                 proc.record_keys = record
@@ -153,7 +132,7 @@ class StyleID(Method):
             def eps_fn(x, t):
                 for proc in processors.values():
                     proc.record = {}
-                eps = self._eps(x, t)
+                eps = self.predict(x, t, self.embedding)
                 feats = {n: {k: v.to(self.feature_dtype) for k, v in p.record.items()}
                          for n, p in processors.items()}
                 return eps, feats
