@@ -65,25 +65,22 @@ def guidance_findings(run: ReportRun) -> list[str]:
 
 
 def leaderboard_html(runs: list[ReportRun], metric_info: dict) -> str:
-    """The sortable leaderboard of the selected runs (the rows of leaderboard.csv), method column first."""
+    """The sortable leaderboard of the selected runs (the rows of leaderboard.csv). Columns: the
+    method (pinned), the sample counts and the numbers first, then where the numbers come from."""
     metrics = metric_names(runs)
     set_names = sorted({c[: -len("_set")] for r in runs for c in r.row if c.endswith("_set")})
-    head = ["experiment", "dataset", "backbone", "weights", "metrics", "n", "ok", "failed", "missing"]
-    cells = '<th class="pin">method</th>' + "".join(f"<th>{_e(h)}</th>" for h in head)
+    guidance = [n for n in diagnostics.LEADERBOARD_COLUMNS if any(not missing(r.row.get(n)) for r in runs)]
+    cells = '<th class="pin">method</th>' + "".join(f"<th>{h}</th>" for h in ("n", "ok", "failed", "missing"))
     cells += "".join(f'<th data-metric="{_e(n)}_set">{_e(n)} (set){_e(_arrow(n, metric_info))}</th>' for n in set_names)
     cells += "".join(f'<th data-metric="{_e(n)}">{_e(n)}{_e(_arrow(n, metric_info))}</th>' for n in metrics)
-    guidance = [n for n in diagnostics.LEADERBOARD_COLUMNS if any(not missing(r.row.get(n)) for r in runs)]
     cells += "".join(f'<th title="{_e(diagnostics.LEADERBOARD_COLUMNS[n])}">{_e(n)}</th>' for n in guidance)
-    cells += "<th>config</th><th>commit</th>"
+    cells += "".join(f"<th>{h}</th>" for h in ("experiment", "dataset", "backbone", "weights", "metrics",
+                                                 "config", "commit"))
     body = []
     for run in runs:
         row = run.row
-        backbone = _e(row["backbone"]) + (f' <span class="warn">{_e(run.caveat)}</span>' if run.caveat else "")
         warnings = "".join(f'<div class="warn guidance-warning">{_e(f)}</div>' for f in guidance_findings(run))
         out = [f'<td class="pin" data-sort="{_e(run.name)}">{wrappable(run.name)}{warnings}</td>']
-        text = {"experiment": _e(row["experiment"]), "dataset": _e(row["dataset"]), "backbone": backbone,
-                "weights": _e(row["weights"]), "metrics_preset": _e(row["metrics_preset"])}
-        out += [f'<td data-sort="{_e(row[c])}">{text[c]}</td>' for c in text]
         for column in ("n", "n_ok", "n_failed", "n_missing"):
             out.append(f'<td class="num" data-sort="{_e(row[column])}">{_e(row[column])}</td>')
         if row.get("partial"):
@@ -100,6 +97,10 @@ def leaderboard_html(runs: list[ReportRun], metric_info: dict) -> str:
         for name in guidance:
             value = row.get(name)
             out.append(f'<td class="num" data-sort="{_e(_fmt(value))}">{_e(_fmt(value))}</td>')
+        backbone = _e(row["backbone"]) + (f' <span class="warn">{_e(run.caveat)}</span>' if run.caveat else "")
+        text = {"experiment": _e(row["experiment"]), "dataset": _e(row["dataset"]), "backbone": backbone,
+                "weights": _e(row["weights"]), "metrics_preset": _e(row["metrics_preset"])}
+        out += [f'<td data-sort="{_e(row[c])}">{text[c]}</td>' for c in text]
         out.append(f'<td data-sort="{_e(row["config_hash"])}"><code>{_e(row["config_hash"])}</code></td>')
         out.append(f'<td data-sort="{_e(row["commit"])}"><code>{_e(str(row["commit"])[:12])}</code></td>')
         css = ' class="random"' if run.caveat else ""
