@@ -18,6 +18,8 @@ at 64 px), SD1.5's convention, so scaled latents have about unit standard deviat
 
 Writes `tiny_vae.safetensors` (the VAE's state dict) and `tiny_vae.json` (the record: images and
 their sha256, seed, steps, losses, PSNRs, latent std, scaling factor, weights sha256, versions).
+The tiny configs name the shipped file by a sha256 prefix (`vae_sha256`), so a retrained VAE shipped
+in `semantix/backbones/weights/` needs that prefix updated there too (the script prints it).
 Deterministic for a given torch version (torch.use_deterministic_algorithms, one thread, seeded).
 """
 
@@ -243,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     write(args.out, state, record)
     print(f"demo content PSNR {record['demo_content_psnr_db_mean']:.2f} dB (min "
           f"{record['demo_content_psnr_db_min']:.2f}); scaling factor {record['scaling_factor']:.4f}; "
-          f"wrote {args.out / TINY_VAE_WEIGHTS}")
+          f"wrote {args.out / TINY_VAE_WEIGHTS}; to ship it, set vae_sha256: \"{record['weights_sha256'][:12]}\" "
+          "in conf/backbone/tiny.yaml and tiny_video.yaml")
 
 
 if __name__ == "__main__":

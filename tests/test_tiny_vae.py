@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from semantix.backbones import build_tiny_random
+from semantix.backbones import build_tiny, build_tiny_random
 from semantix.backbones.tiny import (
     TINY_VAE_RECORD,
     TINY_VAE_WEIGHTS,
@@ -19,6 +19,7 @@ from semantix.backbones.tiny import (
     load_tiny_vae,
     tiny_vae_record,
 )
+from semantix.config import CONF_DIR
 from semantix.leaderboard import is_quality_result, weights_label
 from semantix.methods.semantix import Semantix
 
@@ -82,6 +83,17 @@ def test_damaged_weights_fail_with_a_clear_error(tmp_path):
     (folder / TINY_VAE_WEIGHTS).write_bytes(bytes(data))
     with pytest.raises(DamagedWeightsError, match="damaged or was replaced.*train_tiny_vae"):
         load_tiny_vae(build_tiny_random(), folder)
+
+
+def test_the_configs_name_the_shipped_vae_and_another_one_is_refused():
+    from omegaconf import OmegaConf
+
+    shipped = tiny_vae_record()["weights_sha256"]
+    for name in ("tiny", "tiny_video"):
+        named = str(OmegaConf.load(CONF_DIR / "backbone" / f"{name}.yaml").vae_sha256)
+        assert len(named) >= 12 and shipped.startswith(named), name  # retrained? update the configs
+    with pytest.raises(ValueError, match="backbone.vae_sha256=0123456789ab names another tiny VAE"):
+        build_tiny(vae_sha256="0123456789ab")
 
 
 def test_loading_sets_the_scaling_factor_and_labels_the_backbone(backbone):

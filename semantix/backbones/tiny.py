@@ -154,17 +154,20 @@ def build_tiny(
     cross_attention_dim: int = TINY.cross_attention_dim,
     channels_last: bool = False,
     compile_unet: bool = False,
+    vae_sha256: str | None = None,
 ) -> Backbone:
     """`tiny_random` with the trained tiny VAE: images survive encode/decode; UNet and text encoder stay random.
 
     The VAE is `weights/tiny_vae.safetensors` (data_prep/train_tiny_vae.py; its record, with the
     data, seed and reconstruction PSNR, is `weights/tiny_vae.json`), so a latent that comes back
     unchanged (zero-guidance inversion and sampling) decodes to the content image. Nothing the
-    random UNet adds means anything: outputs say nothing about quality.
+    random UNet adds means anything: outputs say nothing about quality. `vae_sha256`, when given, is a
+    prefix of the VAE file's sha256 that the shipped file must match (conf/backbone/tiny.yaml names
+    it, so it is part of the run identity: runs of another VAE are never resumed into).
     """
     backbone = _tiny_random_weights("tiny", resolution, seed, device, dtype, layers_per_block,
                                     block_out_channels, cross_attention_dim)
-    load_tiny_vae(backbone)
+    load_tiny_vae(backbone, expected_sha256=vae_sha256)
     return apply_kernel_options(backbone, channels_last, compile_unet)
 
 
@@ -207,12 +210,19 @@ def tiny_vae_record(folder: Path = WEIGHTS_DIR) -> dict:
     return json.loads((folder / TINY_VAE_RECORD).read_text(encoding="utf-8"))
 
 
-def load_tiny_vae(backbone: Backbone, folder: Path = WEIGHTS_DIR) -> None:
-    """Put the trained tiny VAE into `backbone` (weights, scaling factor), after checking its sha256.
+def load_tiny_vae(backbone: Backbone, folder: Path = WEIGHTS_DIR, expected_sha256: str | None = None) -> None:
+    """Put the trained tiny VAE into `backbone` (weights, scaling factor), after checking its sha256
+    against its record and, if given, against `expected_sha256` (a prefix).
 
     The provenance then names the file, its sha256 and the backbone's label (`weights_label`).
     """
     record = tiny_vae_record(folder)
+    if expected_sha256 is not None and not record["weights_sha256"].startswith(expected_sha256):
+        raise ValueError(
+            f"backbone.vae_sha256={expected_sha256} names another tiny VAE than the one in {folder} "
+            f"(sha256 {record['weights_sha256'][:12]}...): set backbone.vae_sha256 to that, or reinstall the "
+            "semantix whose VAE the config names"
+        )
     path = folder / record["weights_file"]
     digest = sha256_bytes(path.read_bytes())
     if digest != record["weights_sha256"]:
