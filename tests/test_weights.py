@@ -130,7 +130,7 @@ def test_offline_one_error_lists_every_missing_file(empty_caches, monkeypatch):
     with pytest.raises(WeightsNotFoundError) as info:
         ensure_job_weights(cfg)
     message = str(info.value)
-    assert message.startswith(f"{len(job_weights(cfg))} weight file(s) of this job are missing")
+    assert message.startswith(f"{len(job_weights(cfg))} weight file(s) of this job are missing:")
     for setting in ("backbone.pretrained", "metrics.gram.weights", "metrics.clip_style.weights",
                     "metrics.fid_imagenet.weights", "method.stylegallery.depth_model"):
         assert f"  - {setting}: " in message
@@ -281,3 +281,30 @@ def test_list_follows_the_checkpoint_format(tmp_path):
     assert "unet/config.json" in configs and not any(name.endswith(".safetensors") for name in configs)
     fp16, _ = compose_job(["backbone=sd15", "method=semantix", "backbone.variant=fp16"])
     assert "unet/diffusion_pytorch_model.fp16.safetensors" in {f.hub_file for f in job_weights(fp16)}
+
+
+def test_online_missing_files_are_downloaded_and_a_failed_download_is_named(tmp_path, monkeypatch):
+    import semantix.weights as weights
+
+    for name in runtime.OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    runtime.host_reachable.cache_clear()
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "good.pth").write_bytes(b"good weights")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: _Files(*a, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    good = WeightFile("metrics.a.weights", "a", (tmp_path / "cache" / "good.pth",), url=f"{base}/good.pth")
+    gone = WeightFile("metrics.b.weights", "b", (tmp_path / "cache" / "gone.pth",), url=f"{base}/gone.pth")
+    try:
+        monkeypatch.setattr(weights, "job_weights", lambda cfg, backbone=True: [good])
+        ensure_job_weights({})
+        assert good.found is not None and good.found.read_bytes() == b"good weights"
+        monkeypatch.setattr(weights, "job_weights", lambda cfg, backbone=True: [good, gone])
+        with pytest.raises(WeightsNotFoundError, match=r"^1 weight file\(s\) of this job are missing:") as info:
+            ensure_job_weights({})
+        assert "metrics.b.weights" in str(info.value) and "download failed: HTTPError" in str(info.value)
+    finally:
+        server.shutdown()
+        runtime.host_reachable.cache_clear()

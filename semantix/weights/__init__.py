@@ -246,18 +246,23 @@ def _can_download(file: WeightFile) -> bool:
 def ensure_job_weights(cfg: Mapping[str, Any], backbone: bool = True) -> None:
     """The download policy (module docstring): fetch what is missing, or one error naming all of it."""
     missing = [file for file in job_weights(cfg, backbone) if file.found is None]
-    unobtainable = [file for file in missing if not _can_download(file)]
-    if unobtainable:
-        lines = "\n".join(f"  - {f.setting}: {f.what}, {f.source}\n      looked in: {f.locations[0]}\n"
-                          f"      fix: {how_to_get(f)}" for f in unobtainable)
+    failed = {file: "cannot be downloaded (SEMANTIX_OFFLINE / HF_HUB_OFFLINE set, the host unreachable, or a path)"
+              for file in missing if not _can_download(file)}
+    if not failed:  # all or nothing: a job that would stop on one file does not download the others first
+        for file in missing:
+            try:
+                fetch(file)
+            except Exception as e:  # noqa: BLE001 - gated, removed, connection lost: named with the others
+                first_line = (str(e).strip().splitlines() or [""])[0]
+                failed[file] = f"download failed: {type(e).__name__}: {first_line}"
+    if failed:
+        lines = "\n".join(f"  - {f.setting}: {f.what}, {f.source}\n      {why}; looked in: {f.locations[0]}\n"
+                          f"      fix: {how_to_get(f)}" for f, why in failed.items())
         raise WeightsNotFoundError(
-            f"{len(unobtainable)} weight file(s) of this job are missing and cannot be downloaded "
-            f"(SEMANTIX_OFFLINE / HF_HUB_OFFLINE set, the host unreachable, or a path):\n{lines}\n"
+            f"{len(failed)} weight file(s) of this job are missing:\n{lines}\n"
             "`semantix-weights list <overrides>` shows them all; `semantix-weights fetch <overrides>` "
             "downloads them on a machine with network."
         )
-    for file in missing:
-        fetch(file)
 
 
 def sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -316,7 +321,8 @@ def _layout_matches(path: Path, architecture: str, setting: str) -> tuple[bool, 
 # Backbone settings that say how the weights are found, not what they are: a run identity replaces them
 # by the weights' content, so a hub id, a copy of its files elsewhere and local_files_only=true all name
 # the same run directory.
-LOOKUP_SETTINGS = ("pretrained", "revision", "local_files_only", "motion_adapter", "motion_adapter_revision")
+LOOKUP_SETTINGS = ("pretrained", "revision", "local_files_only", "variant", "single_file_config", "motion_adapter",
+                   "motion_adapter_revision")
 
 
 def _hash_cache_file() -> Path:
