@@ -308,3 +308,19 @@ def test_online_missing_files_are_downloaded_and_a_failed_download_is_named(tmp_
     finally:
         server.shutdown()
         runtime.host_reachable.cache_clear()
+
+
+def test_pytorch_fid_inception_by_name(empty_caches):
+    from semantix.metrics.fid import FID, PYTORCH_FID_INCEPTION_FILE, random_inception
+    from semantix.metrics.weights import seeded
+
+    # pytorch-fid's file name, where pytorch-fid downloads it; random values in the real layout.
+    path = empty_caches / "torch" / "hub" / "checkpoints" / PYTORCH_FID_INCEPTION_FILE
+    path.parent.mkdir(parents=True)
+    torch.save(seeded(lambda: random_inception(2048), seed=3).state_dict(), path)
+    for weights in ("pytorch-fid", "torch-fidelity"):  # the same published file under either name
+        assert FID(weights=weights, feature=64, device="cpu").inception_kind == "standard"
+    cfg, _ = compose_job(["metrics=image_style", "metrics.fid_imagenet.weights=pytorch-fid"])
+    (file,) = [f for f in job_weights(cfg) if f.setting == "metrics.fid_imagenet.weights"]
+    assert file.found == path
+    assert verify(file)[0] is False  # random values: not the published file's sha256 prefix 6726825d

@@ -174,10 +174,18 @@ def random_inception(feature: int, resize: str = ANTIALIASED) -> torch.nn.Module
     return network
 
 
+# pytorch-fid publishes the same checkpoint under its own name (the same sha256 prefix) into the same
+# torch hub folder: either name finds it, whichever library downloaded it.
+PYTORCH_FID_INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+STANDARD_INCEPTION_FILES = {TORCH_FIDELITY: (INCEPTION_FILE, PYTORCH_FID_INCEPTION_FILE),
+                            PYTORCH_FID: (PYTORCH_FID_INCEPTION_FILE, INCEPTION_FILE)}
+
+
 def inception_file(weights: str, setting: str) -> Path:
-    """torch-fidelity's FID Inception checkpoint for `weights` ("torch-fidelity" or a path)."""
+    """The FID Inception checkpoint for `weights`: "torch-fidelity" or "pytorch-fid" (looked for under
+    both libraries' file names in torch hub's checkpoints folder) or a path."""
     return require_file(
-        setting, weights, [torch_hub_checkpoint(INCEPTION_FILE)] if weights == TORCH_FIDELITY else [],
+        setting, weights, [torch_hub_checkpoint(name) for name in STANDARD_INCEPTION_FILES.get(weights, ())],
         expected=f"torch-fidelity's FID Inception-v3 state dict {INCEPTION_FILE}",
         how_to_get=f"On a machine with network, `torch_fidelity.calculate_metrics(..., fid=True)` or torchmetrics' "
                    f"FrechetInceptionDistance() downloads it from {INCEPTION_URL} into "
@@ -406,9 +414,9 @@ class FID(SetMetric):
         """(kind, shared_model key, builder); kind: "standard" | "art" | "random" | "random-art"."""
         if is_random(weights):
             return self._art(None, feature) if self.network_choice == ART else self._standard(weights, feature)
-        if weights == TORCH_FIDELITY:
+        if weights in STANDARD_INCEPTION_FILES:
             if self.network_choice == ART:
-                raise ValueError(f"{self.weights_setting}: 'torch-fidelity' is the standard Inception, but "
+                raise ValueError(f"{self.weights_setting}: {weights!r} is the standard Inception, but "
                                  "network: art was asked for (use weights: art)")
             return self._standard(str(inception_file(weights, self.weights_setting)), feature)
         path = require_file(

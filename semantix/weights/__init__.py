@@ -106,9 +106,10 @@ def _torch_hub_file(setting: str, name: str) -> WeightFile:
         (file,) = _hub_files(setting, entry["what"], entry["hub"], ((filename,),))
         extra = (Path(torch.hub.get_dir()) / "checkpoints" / filename,)  # where a copy may also sit
         return WeightFile(**{**file.__dict__, "locations": file.locations + extra, "names": file.names + (filename,)})
-    filename = entry["url"].rsplit("/", 1)[-1]
-    return WeightFile(setting, entry["what"], (Path(torch.hub.get_dir()) / "checkpoints" / filename,),
-                      url=entry["url"], sha256_prefix=entry.get("sha256_prefix"),
+    names = [entry["url"].rsplit("/", 1)[-1]]
+    names += [known()["files"][other]["url"].rsplit("/", 1)[-1] for other in entry.get("same_file_as", [])]
+    return WeightFile(setting, entry["what"], tuple(Path(torch.hub.get_dir()) / "checkpoints" / n for n in names),
+                      tuple(names), url=entry["url"], sha256_prefix=entry.get("sha256_prefix"),
                       architecture=entry.get("architecture"))
 
 
