@@ -1,7 +1,9 @@
 """`semantix-prep videos`: clips of N frames (default 16), each paired with a WikiArt style reference.
 
 Clips come from `--videos`, a local folder or a hub dataset repository (downloaded once with
-`huggingface_hub.snapshot_download`, then read as a local folder: one code path). In the folder:
+`huggingface_hub.snapshot_download`, then read as a local folder: one code path; with `--limit`,
+the repository's file list picks `hub_clips_to_fetch` clips in a seeded order and only their files
+are downloaded). In the folder:
 
 - the DAVIS 2017 layout `JPEGImages/<--davis-resolution>/<clip>/*.jpg` (found at the top or one
   level down, e.g. `DAVIS/JPEGImages/480p`): each clip folder is a clip;
@@ -92,13 +94,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    root, videos_description = _videos_root(args.videos, args.videos_revision)
+    wanted = min(args.clips, args.limit) if args.limit else args.clips
+    fetch = hub_clips_to_fetch(args.limit, wanted)
+    root, videos_description = _videos_root(args.videos, args.videos_revision, args.davis_resolution, fetch, args.seed)
     clips = discover_clips(root, args.davis_resolution)
     if not clips:
         raise PrepError(f"{root} holds no clips (no frame folders, no {'/'.join(VIDEO_SUFFIXES)} files)")
     if any(clip.path.is_file() for clip in clips) and importlib.util.find_spec("av") is None:
         raise PrepError("decoding video files needs PyAV: pip install av (frame folders do not)")
-    wanted = min(args.clips, args.limit) if args.limit else args.clips
     styles = load_image_source(
         args.styles, split=args.styles_split, revision=args.styles_revision, cache_dir=args.cache_dir,
         label_name="style", max_rows=streamed_rows(args.limit, wanted),
@@ -164,24 +167,62 @@ def sample_indices(count: int, frames: int, stride: int | None) -> list[int]:
     return [index * (count - 1) // (frames - 1) for index in range(frames)]
 
 
-def _videos_root(spec: str, revision: str | None) -> tuple[Path, dict[str, Any]]:
-    """The local folder of clips, downloading a hub dataset repository first if `spec` names one."""
+def hub_clips_to_fetch(limit: int | None, wanted: int) -> int | None:
+    """How many clips of a hub repository to download under `--limit` (None without it: all of them):
+    twice the clips wanted plus one, so a bad clip or two can be skipped."""
+    return None if limit is None else 2 * wanted + 1
+
+
+def hub_clip_patterns(files: list[str], davis_resolution: str, count: int, seed: int) -> list[str]:
+    """`snapshot_download` patterns for `count` clips of a repository's file list, in a seeded order.
+
+    The clips are found in the listing as `discover_clips` finds them on disk: under the DAVIS
+    layout's frame folder when there is one, else at the top, each video file or folder of frames.
+    """
+    marker = f"JPEGImages/{davis_resolution}/"
+    davis = sorted({path[: path.index(marker) + len(marker)] for path in files if marker in path},
+                   key=lambda base: (base.count("/"), base))
+    base = davis[0] if davis else ""  # the shallowest DAVIS frame folder, as on disk
+    entries: set[str] = set()
+    for path in files:
+        if not path.startswith(base):
+            continue
+        parts = path[len(base):].split("/")
+        suffix = Path(path).suffix.lower()
+        if len(parts) == 1 and suffix in VIDEO_SUFFIXES:
+            entries.add(parts[0])
+        elif len(parts) == 2 and suffix in FRAME_SUFFIXES:
+            entries.add(parts[0] + "/")
+    ordered = sorted(entries)
+    chosen = [ordered[i] for i in permutation(seed, "videos/hub_clips", len(ordered))[:count]]
+    return [f"{base}{entry}*" if entry.endswith("/") else f"{base}{entry}" for entry in chosen]
+
+
+def _videos_root(spec: str, revision: str | None, davis_resolution: str, max_clips: int | None,
+                 seed: int) -> tuple[Path, dict[str, Any]]:
+    """The local folder of clips, downloading a hub dataset repository first if `spec` names one
+    (only `max_clips` of its clips when given)."""
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
             raise PrepError(f"--videos {spec} is not a folder")
         return path, {"kind": "folder", "path": str(path.resolve())}
+    patterns = None
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import HfApi, snapshot_download
 
-        local = Path(snapshot_download(repo_id=spec, repo_type="dataset", revision=revision))
+        if max_clips is not None:
+            files = HfApi().list_repo_files(spec, repo_type="dataset", revision=revision)
+            patterns = hub_clip_patterns(files, davis_resolution, max_clips, seed)
+        local = Path(snapshot_download(repo_id=spec, repo_type="dataset", revision=revision, allow_patterns=patterns))
     except Exception as exc:  # the hub client raises many types
         raise PrepError(
             f"--videos {spec!r} is neither a local folder nor a hub dataset that could be downloaded "
             f"({type(exc).__name__}: {exc})"
         ) from exc
     # A snapshot folder is named after the commit it holds.
-    return local, {"kind": "hub", "id": spec, "revision": revision or "main", "resolved_revision": local.name}
+    return local, {"kind": "hub", "id": spec, "revision": revision or "main", "resolved_revision": local.name,
+                   "downloaded_clips": patterns}
 
 
 def _natural_key(path: Path) -> list[Any]:

@@ -539,6 +539,47 @@ def test_videos_from_davis_frame_folders(sources, tmp_path):
     assert pd.read_csv(strided / "manifest.csv", dtype=str)["content_source_frames"][0] == ";".join(map(str, range(16)))
 
 
+def test_videos_limit_downloads_only_a_few_clips_of_a_hub_repository(sources, tmp_path, monkeypatch):
+    """`--videos REPO --limit 1`: the repository's file list picks a few clips, and only their files are
+    downloaded (the hub is faked from the DAVIS folder: offline)."""
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+
+    from data_prep.videos import hub_clips_to_fetch
+
+    repo = Path(sources["davis"])
+    files = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file())
+    requested = []
+
+    class FakeApi:
+        def list_repo_files(self, repo_id, repo_type, revision):
+            return files
+
+    def fake_snapshot(repo_id, repo_type, revision, allow_patterns):
+        requested.append(allow_patterns)
+        local = tmp_path / "snapshot" / "0123abc"
+        for name in files:
+            if allow_patterns is None or any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
+                (local / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(repo / name, local / name)
+        return str(local)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    out = tmp_path / "videos"
+    assert prep("videos", "--videos", "someone/davis", "--styles", sources["style_folder"], "--frames", 8,
+                "--limit", 1, "--resolution", RES, "--cache-dir", sources["cache"], "--out", out) == 0
+    [patterns] = requested
+    downloaded = {path.parent.name for path in (tmp_path / "snapshot").rglob("*.jpg")}
+    all_clips = {Path(name).parent.name for name in files if name.endswith(".jpg")}
+    assert len(patterns) == len(downloaded) == hub_clips_to_fetch(1, 1) < len(all_clips)
+    assert len(pd.read_csv(out / "manifest.csv")) == 1
+    videos = json.loads((out / "source.json").read_text())["sources"]["videos"]
+    assert videos["kind"] == "hub" and videos["downloaded_clips"] == patterns
+
+
 def test_videos_from_a_folder_of_video_files(sources, tmp_path):
     pytest.importorskip("av")
     folder = tmp_path / "clips"
