@@ -178,3 +178,42 @@ def test_fp16_variant_folder(tmp_path):
     assert_same_networks(backbone, unet, vae, text)
     with pytest.raises(WeightsNotFoundError, match="missing unet/diffusion_pytorch_model.safetensors"):
         load_sd15(str(folder), device="cpu")  # the full-precision files are not there
+
+
+def test_dino_original_checkpoint(tmp_path, monkeypatch):
+    """DINO's own file layout (facebookresearch/dino's VisionTransformer: fused qkv, blocks.N, pos_embed), at a
+    small width: the names and the qkv split are what is tested, not the size."""
+    from transformers import ViTConfig, ViTModel
+
+    from semantix.metrics import dino
+
+    monkeypatch.setattr(dino, "DINO_VITB8", {"patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
+                                             "num_attention_heads": 4, "intermediate_size": 37, "image_size": 32})
+    torch.manual_seed(0)
+    vit = ViTModel(ViTConfig(**dino.DINO_VITB8), add_pooling_layer=False).eval()
+    names = {v: k for k, v in dino.DINO_NAMES.items()}
+    block_names = {v: k for k, v in dino.DINO_BLOCK_NAMES.items()}
+    original, state = {}, vit.state_dict()
+    for key, value in state.items():
+        name, _, kind = key.rpartition(".")
+        if key in names:
+            original[names[key]] = value
+        elif name in names:
+            original[f"{names[name]}.{kind}"] = value
+        elif ".attention.q_proj" in key:
+            index = key.split(".")[1]
+            original[f"blocks.{index}.attn.qkv.{kind}"] = torch.cat(
+                [state[key.replace("q_proj", part)] for part in ("q_proj", "k_proj", "v_proj")])
+        elif ".attention.k_proj" not in key and ".attention.v_proj" not in key:
+            index, inner = key.split(".")[1], name.split(".", 2)[2]
+            original[f"blocks.{index}.{block_names[inner]}.{kind}"] = value
+    path = tmp_path / "dino_vitbase8_pretrain.pth"
+    torch.save(original, path)
+
+    loaded = dino.load_dino(str(path))
+    pixels = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixels).last_hidden_state, vit(pixels).last_hidden_state, rtol=0, atol=1e-6)
+    torch.save({**original, "head.weight": torch.zeros(2, 32)}, path)
+    with pytest.raises(ValueError, match="not DINO's ViT checkpoint layout"):
+        dino.load_dino(str(path))

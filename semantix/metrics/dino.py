@@ -8,6 +8,7 @@ the three metrics. Weights (config key `weights`):
 - `facebook/dino-vitb8` (default) or another hub id: used from the Hugging Face cache; downloaded only
   when not offline (HF_HUB_OFFLINE / SEMANTIX_OFFLINE unset);
 - a local folder holding `config.json` and `model.safetensors` (`save_pretrained` layout);
+- DINO's own checkpoint file, `dino_vitbase8_pretrain.pth` (facebookresearch/dino, read as tensors);
 - `random`: the same architecture (ViT-B/8: 12 layers, 12 heads, width 768, MLP 3072) with seeded random
   weights (numbers meaningless).
 
@@ -39,12 +40,13 @@ Metrics:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from skimage import color
 from transformers import ViTConfig, ViTModel
 
-from semantix.checkpoints import refusing_pickled_code
+from semantix.checkpoints import load_state_dict_file, refusing_pickled_code
 from semantix.metrics.base import Compares, SampleMetric
 from semantix.metrics.inputs import check_same_size, to_dino_input, to_hwc_numpy
 from semantix.metrics.weights import is_random, metric_device, seeded, shared_model
@@ -60,11 +62,48 @@ DINO_VITB8 = {"patch_size": 8, "hidden_size": 768, "num_hidden_layers": 12, "num
 COSINE_EPS = 1e-8
 
 
+# facebookresearch/dino's VisionTransformer names -> transformers' ViTModel names (the fused qkv
+# projection is split in three by `from_dino_checkpoint`).
+DINO_NAMES = {"cls_token": "embeddings.cls_token", "pos_embed": "embeddings.position_embeddings",
+              "patch_embed.proj": "embeddings.patch_embeddings.projection", "norm": "layernorm"}
+DINO_BLOCK_NAMES = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.o_proj",
+                    "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+
+
+def from_dino_checkpoint(state: dict[str, torch.Tensor], path: Path, setting: str) -> dict[str, torch.Tensor]:
+    """DINO's own checkpoint (`dino_vitbase8_pretrain.pth`: the backbone's state dict) in ViTModel's names."""
+    out = {}
+    for key, value in state.items():
+        if key in DINO_NAMES:
+            out[DINO_NAMES[key]] = value
+            continue
+        name, _, kind = key.rpartition(".")
+        if name in DINO_NAMES:
+            out[f"{DINO_NAMES[name]}.{kind}"] = value
+        elif name.startswith("blocks.") and name.split(".", 2)[2] == "attn.qkv":
+            for part, chunk in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3), strict=True):
+                out[f"layers.{name.split('.')[1]}.attention.{part}.{kind}"] = chunk
+        elif name.startswith("blocks.") and name.split(".", 2)[2] in DINO_BLOCK_NAMES:
+            out[f"layers.{name.split('.')[1]}.{DINO_BLOCK_NAMES[name.split('.', 2)[2]]}.{kind}"] = value
+        else:
+            raise ValueError(f"{setting}: {path} is not DINO's ViT checkpoint layout (unexpected tensor {key!r}; "
+                             "expected dino_vitbase8_pretrain.pth, the backbone's state dict)")
+    return out
+
+
 def load_dino(weights: str, setting: str = "weights") -> ViTModel:
     """DINO ViT-B/8 (eval, frozen, on CPU) with `weights` (see the module docstring); `setting` is named
     in weights errors."""
     if is_random(weights):
         model = seeded(lambda: ViTModel(ViTConfig(**DINO_VITB8), add_pooling_layer=False))
+    elif Path(weights).expanduser().is_file():  # DINO's original .pth
+        path = Path(weights).expanduser()
+        state = from_dino_checkpoint(load_state_dict_file(path, setting), path, setting)
+        model = ViTModel(ViTConfig(**DINO_VITB8), add_pooling_layer=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{setting}: {path} does not fit DINO ViT-B/8 (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]})")
     else:
         try:
             with refusing_pickled_code(setting, weights):  # transformers reads with weights_only=True
