@@ -65,7 +65,7 @@ def small_dataset(tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def backbone():
-    """The tiny random-weight backbone (built once per test module)."""
+    """The tiny backbone, trained VAE and random UNet (built once per test module)."""
     from semantix.backbones import build_tiny
 
     return build_tiny()
