@@ -32,7 +32,6 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from semantix.config import HYDRA_VERSION_BASE, compose_config, job_labels
 from semantix.runtime import config_dir
 
 log = logging.getLogger("semantix")
@@ -121,6 +120,8 @@ def method_key_problems(overrides: list[str]) -> list[str]:
     if not method_keys:
         return []  # the common case costs nothing
     try:
+        from semantix.config import compose_config
+
         methods = compose_config([_override_as_first_job(o) for o in parsed if o not in method_keys]).method
     except Exception:  # noqa: BLE001 - left to Hydra, which reports it with the user's full command line
         return []
@@ -147,6 +148,8 @@ def method_key_problems(overrides: list[str]) -> list[str]:
 
 
 def _run_job(cfg: DictConfig) -> None:
+    from semantix.config import job_labels
+
     labels = job_labels(HydraConfig.get())
     # The first line within a second or two of the start: importing torch, diffusers and the methods
     # takes several seconds more, and a silent terminal looks like a hang.
@@ -183,6 +186,8 @@ def bench() -> None:
         conf = config_dir()  # the checkout's conf/, or the copy an installed wheel ships
     except FileNotFoundError as e:
         sys.exit(f"semantix-bench: {e}")
+    from semantix.config import HYDRA_VERSION_BASE  # after the check: semantix.config locates conf/ on import
+
     arguments = sys.argv[1:]
     if "--help" in arguments or "-h" in arguments:
         print(bench_help())
