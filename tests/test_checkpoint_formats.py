@@ -217,3 +217,29 @@ def test_dino_original_checkpoint(tmp_path, monkeypatch):
     torch.save({**original, "head.weight": torch.zeros(2, 32)}, path)
     with pytest.raises(ValueError, match="not DINO's ViT checkpoint layout"):
         dino.load_dino(str(path))
+
+
+def test_openai_torchscript_clip_file(tmp_path):
+    """OpenAI's own CLIP release files are TorchScript archives (ViT-L-14.pt); one in that format (a small
+    width, OpenAI's key names) given by path loads with exactly its tensors."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, convert_weights_to_lp
+
+    from semantix.metrics.clip import build_embedder, is_torchscript
+
+    torch.manual_seed(0)
+    clip = CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=1, width=64, patch_size=8, image_size=32),
+                text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=1),
+                quick_gelu=True).eval()
+    clip._buffers.pop("attn_mask")  # OpenAI's archives keep the causal mask out of the state dict
+    convert_weights_to_lp(clip)  # and hold the projection and attention weights in float16
+    path = tmp_path / "ViT-tiny.pt"
+    image = torch.rand(1, 3, 32, 32, dtype=torch.float16)
+    torch.jit.save(torch.jit.trace_module(clip, {"encode_image": image}, check_trace=False), path)
+    assert is_torchscript(path)
+
+    embedder = build_embedder("ViT-B-32", str(path), "cpu")
+    assert embedder.image_size == 32
+    loaded = embedder.model.state_dict()
+    for key, value in clip.state_dict().items():
+        assert torch.equal(loaded[key], value.float()), key
+    assert embedder.image(torch.rand(3, 40, 40)).shape == (32,)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -160,9 +161,24 @@ def build_embedder(model: str, weights: str, device: str, setting: str = "weight
                      f"tags {open_clip.list_pretrained_tags_by_model(model)}",
             how_to_get="open_clip's pretrained tags download from the Hugging Face hub on a machine with network.",
         )
-        with refusing_pickled_code(setting, path):
-            clip = open_clip.create_model(model, pretrained=str(path), device=device)
+        if is_torchscript(path):  # OpenAI's own release files (ViT-L-14.pt): open_clip's loader for them
+            # TorchScript is not a pickle: torch.jit.load builds TorchScript modules, no Python code runs;
+            # open_clip keeps only the tensors and builds the model from their shapes.
+            clip = open_clip.load_openai_model(str(path), precision="fp32", device=device)
+        else:
+            with refusing_pickled_code(setting, path):
+                clip = open_clip.create_model(model, pretrained=str(path), device=device)
     return CLIPEmbedder(clip, open_clip.get_tokenizer(model), device)
+
+
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (a zip holding `constants.pkl` and `code/`), as OpenAI's CLIP .pt files are."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
 class _CLIPMetric(SampleMetric):
