@@ -243,3 +243,37 @@ def test_openai_torchscript_clip_file(tmp_path):
     for key, value in clip.state_dict().items():
         assert torch.equal(loaded[key], value.float()), key
     assert embedder.image(torch.rand(3, 40, 40)).shape == (32,)
+
+
+def test_animatediff_motion_module_file(tmp_path):
+    """AnimateDiff's own motion module file (mm_sd_v15_v2.ckpt layout: temporal_transformer, attention_blocks,
+    norms, ff_norm, positional-encoding buffers), at a small width, loads with exactly its tensors."""
+    import re
+
+    from diffusers import MotionAdapter
+
+    from semantix.backbones.animatediff import load_motion_adapter, motion_adapter_source
+
+    torch.manual_seed(0)
+    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=2,
+                            motion_norm_num_groups=8, motion_max_seq_length=16)
+    adapter.save_pretrained(tmp_path / "config")  # the config folder (its weights are not read)
+    original = {}
+    for key, value in adapter.state_dict().items():
+        key = re.sub(r"(motion_modules\.\d+)\.", r"\1.temporal_transformer.", key)
+        for new, old in ((".attn1", ".attention_blocks.0"), (".attn2", ".attention_blocks.1"),
+                         (".norm1", ".norms.0"), (".norm2", ".norms.1"), (".norm3", ".ff_norm")):
+            key = key.replace(new, old)
+        original[key] = value
+        if key.endswith("attention_blocks.0.to_q.weight"):  # AnimateDiff stores its sinusoidal table too
+            original[key.replace("to_q.weight", "pos_encoder.pe")] = torch.zeros(1, 16, value.shape[1])
+    path = tmp_path / "mm_sd_v15_v2.ckpt"
+    torch.save(original, path)
+
+    source, found = motion_adapter_source(str(path), None, None)
+    assert found["source"] == "single_file"
+    loaded = load_motion_adapter(source, torch.float32, config=str(tmp_path / "config"))
+    for key, value in adapter.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    with pytest.raises(WeightsNotFoundError, match="backbone.motion_adapter"):
+        motion_adapter_source("mm_sd_v15_v2.ckpt", None, None)

@@ -22,12 +22,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+from pathlib import Path
 
 import torch
 
 from semantix.backbones.base import Backbone, apply_kernel_options, finalize_modules
-from semantix.backbones.sd15 import DEFAULT_PRETRAINED, HUB_ID, load_sd15, resolve_weights
+from semantix.backbones.sd15 import DEFAULT_PRETRAINED, HUB_ID, is_single_file, load_sd15, resolve_weights
 from semantix.checkpoints import refusing_pickled_code
+from semantix.runtime import hub_downloads_allowed
 from semantix.types import WeightsNotFoundError
 
 log = logging.getLogger(__name__)
@@ -86,23 +88,17 @@ def load_animatediff(
     compile_unet: bool = False,
     variant: str | None = None,
     single_file_config: str = DEFAULT_PRETRAINED,
+    motion_adapter_config: str = DEFAULT_MOTION_ADAPTER,
 ) -> Backbone:
-    """SD1.5 (`pretrained`, as `load_sd15` takes it) with the motion adapter `motion_adapter` (hub id or
-    local folder)."""
-    from diffusers import MotionAdapter
-
+    """SD1.5 (`pretrained`, as `load_sd15` takes it) with the motion adapter `motion_adapter`: a hub id,
+    a local diffusers folder, or AnimateDiff's own motion module file (`mm_sd_v15_v2.ckpt`, read with the
+    adapter config of `motion_adapter_config`)."""
     # The adapter is small: find it before loading SD1.5, so a missing one fails fast.
-    adapter_folder, adapter_found = resolve_weights(
-        str(motion_adapter), motion_adapter_revision, local_files_only, expected=ADAPTER_FILES,
-        patterns=[alts[0] for alts in ADAPTER_FILES], not_found=_adapter_not_found,
-    )
+    source, adapter_found = motion_adapter_source(str(motion_adapter), motion_adapter_revision, local_files_only)
     image_backbone = load_sd15(pretrained, revision, resolution, device, dtype, local_files_only,
                                variant=variant, single_file_config=single_file_config)
-    fast_init = importlib.util.find_spec("accelerate") is not None
-    with refusing_pickled_code("backbone.motion_adapter", adapter_folder):  # diffusers: weights_only=True
-        adapter = MotionAdapter.from_pretrained(adapter_folder, torch_dtype=image_backbone.dtype,
-                                                low_cpu_mem_usage=fast_init)
-    log.info("AnimateDiff: motion adapter %s from %s", motion_adapter, adapter_folder)
+    adapter = load_motion_adapter(source, image_backbone.dtype, motion_adapter_config, local_files_only)
+    log.info("AnimateDiff: motion adapter %s from %s", motion_adapter, source)
     backbone = video_backbone(image_backbone, adapter, "animatediff", {
         "motion_adapter": str(motion_adapter),
         "motion_adapter_revision": motion_adapter_revision,
@@ -110,6 +106,43 @@ def load_animatediff(
         "motion_adapter_path": adapter_found["path"],
     }, beta_schedule)
     return apply_kernel_options(backbone, channels_last, compile_unet)
+
+
+def motion_adapter_source(motion_adapter: str, revision: str | None,
+                          local_files_only: bool | None) -> tuple[Path, dict]:
+    """The adapter's folder (local, or its Hugging Face snapshot) or single file, and provenance facts."""
+    if is_single_file(motion_adapter):
+        path = Path(motion_adapter).expanduser()
+        if not path.is_file():
+            raise _adapter_not_found(motion_adapter, [f"single-file motion module {path}: does not exist (a file "
+                                                      "name is never looked up on the hub; give its full path)"])
+        return path, {"source": "single_file", "path": str(path.resolve()), "commit": None}
+    return resolve_weights(motion_adapter, revision, local_files_only, expected=ADAPTER_FILES,
+                           patterns=[alts[0] for alts in ADAPTER_FILES], not_found=_adapter_not_found)
+
+
+def load_motion_adapter(source: Path, torch_dtype: torch.dtype, config: str = DEFAULT_MOTION_ADAPTER,
+                        local_files_only: bool | None = None) -> torch.nn.Module:
+    """diffusers' MotionAdapter from a folder, or from AnimateDiff's motion module file through
+    `from_single_file` with the adapter config of `config` (hub id or folder)."""
+    from diffusers import MotionAdapter
+
+    with refusing_pickled_code("backbone.motion_adapter", source):  # diffusers: weights_only=True
+        if not source.is_file():
+            fast_init = importlib.util.find_spec("accelerate") is not None
+            return MotionAdapter.from_pretrained(source, torch_dtype=torch_dtype, low_cpu_mem_usage=fast_init)
+        offline_only = not hub_downloads_allowed() if local_files_only is None else bool(local_files_only)
+        try:
+            return MotionAdapter.from_single_file(str(source), config=config, torch_dtype=torch_dtype,
+                                                  local_files_only=offline_only)
+        except OSError as e:  # the adapter config is not here (offline) or not on the hub
+            raise WeightsNotFoundError(
+                f"backbone.motion_adapter={str(source)!r} is a single-file motion module; reading it needs the "
+                f"adapter config of backbone.motion_adapter_config={config!r} (a hub id in the Hugging Face "
+                f"cache, or a folder with config.json), which was not found ({type(e).__name__}). Fix: "
+                f"`huggingface-cli download {DEFAULT_MOTION_ADAPTER} config.json` on a machine with network, or "
+                "set backbone.motion_adapter_config=/path/to/folder."
+            ) from e
 
 
 def video_backbone(image_backbone: Backbone, adapter: torch.nn.Module, name: str, provenance: dict,

@@ -178,7 +178,11 @@ def backbone_weights(config: Mapping[str, Any]) -> Iterator[WeightFile]:
         parts = [("backbone.pretrained", "Stable Diffusion 1.5 single file", config["pretrained"], None, ()),
                  ("backbone.single_file_config", "SD1.5 component configs", config["single_file_config"], None,
                   configs)]
-    if name == "animatediff":
+    if name == "animatediff" and is_single_file(str(config["motion_adapter"])):  # its config comes from elsewhere
+        parts += [("backbone.motion_adapter", "AnimateDiff motion module file", config["motion_adapter"], None, ()),
+                  ("backbone.motion_adapter_config", "motion adapter config", config["motion_adapter_config"], None,
+                   (("config.json",),))]
+    elif name == "animatediff":
         parts.append(("backbone.motion_adapter", "AnimateDiff motion adapter", config["motion_adapter"],
                       config.get("motion_adapter_revision"), ADAPTER_FILES))
     for setting, what, value, revision, files in parts:
@@ -323,7 +327,7 @@ def _layout_matches(path: Path, architecture: str, setting: str) -> tuple[bool, 
 # by the weights' content, so a hub id, a copy of its files elsewhere and local_files_only=true all name
 # the same run directory.
 LOOKUP_SETTINGS = ("pretrained", "revision", "local_files_only", "variant", "single_file_config", "motion_adapter",
-                   "motion_adapter_revision")
+                   "motion_adapter_revision", "motion_adapter_config")
 
 
 def _hash_cache_file() -> Path:
