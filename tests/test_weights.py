@@ -324,3 +324,16 @@ def test_pytorch_fid_inception_by_name(empty_caches):
     (file,) = [f for f in job_weights(cfg) if f.setting == "metrics.fid_imagenet.weights"]
     assert file.found == path
     assert verify(file)[0] is False  # random values: not the published file's sha256 prefix 6726825d
+
+
+@pytest.mark.parametrize(("row", "caveat"), [
+    ({"weights": "sd15", "random_metric_weights": False, "metric_weights_overridden": False}, None),
+    ({"weights": "sd15", "random_metric_weights": True, "metric_weights_overridden": False}, "RANDOM metric weights"),
+    ({"weights": "sd15", "random_metric_weights": False, "metric_weights_overridden": True},
+     "metric weights overridden"),
+    ({"weights": "sd15", "random_metric_weights": float("nan")}, None),  # aggregated before the column existed
+])
+def test_report_marks_runs_scored_with_random_or_overridden_metric_weights(row, caveat):
+    from semantix.report.runs import ReportRun
+
+    assert ReportRun(summary=None, row=row, params={}, slug="s").caveat == caveat

@@ -210,8 +210,9 @@ def page_html(runs: list[ReportRun], metric_info: dict, runs_root: Path, filters
               sections: list[str], filter_values: dict[str, set[str]]) -> str:
     """The whole page: header, filters (`filter_values`: dataset, domain, style), leaderboard, sections."""
     filter_text = "; ".join(f"{k} in {v}" for k, v in filters.items()) or "none"
-    random_banner = ('<p class="warn">Some runs use a backbone with RANDOM or partly random weights (marked '
-                     "below): their numbers test the code, not quality.</p>" if any(r.caveat for r in runs) else "")
+    random_banner = ('<p class="warn">Some runs use RANDOM or partly random weights, or metric weights other than '
+                     "the preset's (backbone or metrics; marked below): their numbers test the code, not quality.</p>"
+                     if any(r.caveat for r in runs) else "")
     return Template(_asset("templates/page.html")).substitute(
         generator=GENERATOR,
         title=f"semantix report: {len(runs)} run(s)",

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from semantix.leaderboard import NOT_A_QUALITY_RESULT, is_quality_result, runs_table
 from semantix.store import RunSummary, find_runs
 
@@ -62,9 +64,20 @@ class ReportRun:
     @property
     def caveat(self) -> str | None:
         """Why the run's numbers are no quality result: its weights label less that verdict ("RANDOM
-        weights", "tiny: trained 64 px VAE, random UNet"); None for a quality result."""
+        weights", "tiny: trained 64 px VAE, random UNet"), and whether its metrics scored with random or
+        overridden networks (the leaderboard's boolean columns); None for a quality result."""
         weights = str(self.row["weights"])
-        return None if is_quality_result(weights) else weights.removesuffix(NOT_A_QUALITY_RESULT).rstrip(": ")
+        caveats = [] if is_quality_result(weights) else [weights.removesuffix(NOT_A_QUALITY_RESULT).rstrip(": ")]
+        if _flag(self.row.get("random_metric_weights")):
+            caveats.append("RANDOM metric weights")
+        elif _flag(self.row.get("metric_weights_overridden")):
+            caveats.append("metric weights overridden")
+        return "; ".join(caveats) or None
+
+
+def _flag(value: Any) -> bool:
+    """A leaderboard boolean; absent (runs aggregated before the column existed) or NaN reads False."""
+    return isinstance(value, bool | np.bool_) and bool(value)
 
 
 def parse_filters(items: list[str]) -> dict[str, list[str]]:
