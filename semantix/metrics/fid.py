@@ -27,7 +27,8 @@ Weights of the standard Inception (config key `weights`, for ArtFID `inception_w
 - `torch-fidelity` (default): torch-fidelity's port of the TensorFlow FID Inception,
   `weights-inception-2015-12-05-6726825d.pth`, used only if already on disk where
   torch-fidelity/torchmetrics download it (`torch.hub.load_state_dict_from_url`'s folder,
-  `$TORCH_HOME/hub/checkpoints`), so nothing is ever downloaded;
+  `$TORCH_HOME/hub/checkpoints`); the metric never downloads it (a job fetches its missing files
+  first, when allowed: `semantix.weights.ensure_job_weights`);
 - a local path to that file.
   Either file is read by us as a state dict of tensors (`semantix.checkpoints.load_state_dict_file`:
   `torch.load(weights_only=True)`, or safetensors) and loaded into torchmetrics' network; it is never
@@ -490,7 +491,8 @@ class ArtFID(FID):
       with the Inception chosen by `inception_weights`:
         * "art": art-fid's art-trained Inception, `art_inception.pth` (Hugging Face repo
           matthias-wright/art_inception), found in art-fid's download folder (<tempdir>/art_fid), the
-          Hugging Face cache or the torch hub checkpoints folder; never downloaded;
+          Hugging Face cache or the torch hub checkpoints folder; not downloaded by the metric (a job
+          fetches its missing files first: `semantix.weights`);
         * a path to a checkpoint: art-fid's `art_inception.pth` (recognised by its `fc1`/`fc2` heads),
           or torch-fidelity's FID Inception;
         * "torch-fidelity" (default): the standard Inception, as `FID`;

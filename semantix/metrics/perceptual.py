@@ -14,7 +14,7 @@ so our values match its LPIPS term for images 512 px on the short side.
 
 Weights (`weights` in the config): the linear layers always come from the lpips package. The trunk is
 `torchvision` (torchvision's ImageNet checkpoint, which must already be in torch hub's cache: it is
-never downloaded here), a path to a local torchvision AlexNet/VGG16 checkpoint, or `random` (seeded
+not downloaded here; a job fetches its missing files first, `semantix.weights`), a path to a local torchvision AlexNet/VGG16 checkpoint, or `random` (seeded
 random trunk, shipped linear layers kept).
 """
 

@@ -4,7 +4,8 @@ Backbone: torchvision's VGG19 feature trunk (`torchvision.models.vgg19(weights=N
 frozen), one per (weights, device) per process, shared by both metrics. Weights (config key `weights`):
 
 - `torchvision` (default): torchvision's IMAGENET1K_V1 checkpoint `vgg19-dcbb9e9d.pth`, used only if
-  it is already in the torch hub cache (`$TORCH_HOME/hub/checkpoints`): never downloaded;
+  it is already in the torch hub cache (`$TORCH_HOME/hub/checkpoints`): not downloaded by the metric
+  (a job fetches its missing files first: `semantix.weights`);
 - a local path to a state dict of that layout (the full VGG19 state dict; only `features.*` is used);
 - `random`: the same architecture with seeded random weights (numbers meaningless).
 

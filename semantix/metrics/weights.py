@@ -33,7 +33,8 @@ from semantix.runtime import resolve_device
 from semantix.types import WeightsNotFoundError
 
 RANDOM = "random"
-# Named source: torchvision's ImageNet checkpoint, looked up in torch hub's cache (never downloaded).
+# Named source: torchvision's ImageNet checkpoint, looked up in torch hub's cache (not downloaded here:
+# a job fetches its missing files first, `semantix.weights.ensure_job_weights`).
 TORCHVISION = "torchvision"
 RANDOM_SEED = 0
 
