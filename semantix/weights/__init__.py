@@ -242,7 +242,8 @@ def how_to_get(file: WeightFile) -> str:
     return f"set {file.setting} to an existing file or folder (or {file.setting}=random)"
 
 
-def _can_download(file: WeightFile) -> bool:
+def can_download(file: WeightFile) -> bool:
+    """Not offline, a source to fetch from, and its host reachable (`semantix.runtime.downloads_allowed`)."""
     if file.hub_repo:
         return hub_downloads_allowed()
     return file.url is not None and downloads_allowed(file.url)
@@ -252,7 +253,7 @@ def ensure_job_weights(cfg: Mapping[str, Any], backbone: bool = True) -> None:
     """The download policy (module docstring): fetch what is missing, or one error naming all of it."""
     missing = [file for file in job_weights(cfg, backbone) if file.found is None]
     failed = {file: "cannot be downloaded (SEMANTIX_OFFLINE / HF_HUB_OFFLINE set, the host unreachable, or a path)"
-              for file in missing if not _can_download(file)}
+              for file in missing if not can_download(file)}
     if not failed:  # all or nothing: a job that would stop on one file does not download the others first
         for file in missing:
             try:

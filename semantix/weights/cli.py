@@ -18,8 +18,7 @@ import logging
 import sys
 
 from semantix.runtime import offline
-from semantix.types import WeightsNotFoundError
-from semantix.weights import WeightFile, fetch, how_to_get, job_weights, verify
+from semantix.weights import WeightFile, can_download, fetch, how_to_get, job_weights, verify
 
 
 def _size(file: WeightFile) -> str:
@@ -69,13 +68,13 @@ def main(argv: list[str] | None = None) -> None:
     missing = [file for file in files if file.found is None]
     failed = []
     for file in missing:
-        if offline() or not (file.hub_repo or file.url):
+        if not can_download(file):  # offline, a path, or the host unreachable (logged once)
             failed.append(file)
             continue
         try:
             print(f"fetched  {file.setting}: {fetch(file)}")
-        except (OSError, WeightsNotFoundError) as e:  # network errors are OSErrors
-            print(f"FAILED   {file.setting}: {type(e).__name__}: {str(e).splitlines()[0]}")
+        except Exception as e:  # noqa: BLE001 - gated, removed, connection lost: reported, the others go on
+            print(f"FAILED   {file.setting}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}")
             failed.append(file)
     for file in failed:
         print(f"to do    {file.setting}: {how_to_get(file)}")
