@@ -84,7 +84,7 @@ write one resumable run directory per method under <paths.results_dir>/runs/ plu
 (<paths.results_dir>/leaderboard.csv and .md). Arguments are Hydra overrides of conf/; a method's
 parameters sit under method.<label>.<key>."""
 BENCH_EXAMPLES = (
-    ("semantix-bench", "default experiment: demo (8 methods, tiny backbone, CPU)"),
+    ("semantix-bench", "default experiment: demo (9 methods, tiny backbone, CPU)"),
     ("semantix-bench method=reinhard dataset.limit=2", "one method, first two samples"),
     ("semantix-bench method=semantix method.semantix.num_steps=10", "a method's parameter: method.<label>.<key>"),
     ("semantix-bench -m method=identity,reinhard", "Hydra multirun: one job (and run dir) per method"),
