@@ -272,7 +272,7 @@ class Runner:
         store.write_config(run_config)
         store.write_identity(run.identity)
         store.write_metric_info({
-            name: {**metric.describe(), "config": _container(self.cfg.metrics[name]),
+            name: {**metric.describe(_container(self.cfg.metrics[name])), "config": _container(self.cfg.metrics[name]),
                    "config_hash": self.metric_hashes[name]}
             for name, metric in {**self.metrics, **self.set_metrics}.items()
         })

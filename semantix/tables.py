@@ -60,6 +60,12 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def _flag(value) -> bool:
+    """A leaderboard boolean column's cell: True only when set (a missing cell, from rows aggregated
+    before the column existed, reads False)."""
+    return not _missing(value) and bool(value)
+
+
 def _rounded(value, decimals: int):
     return None if _missing(value) else round(float(value), decimals)
 
@@ -88,11 +94,10 @@ def paper_table(leaderboard: pd.DataFrame, table: PaperTable, published: pd.Data
             ns = [int(n) for n in ns if not _missing(n)]
             out["N"] = min(ns) if ns else None
             flags = [row.get(f"{name}_comparable") for name in table.set_metrics]
-            # random backbone weights, a random-weight metric preset (`tiny`, `styleid_tiny`, ...), or
-            # an override such as metrics.fid.weights=random
+            # random backbone weights, or a metric scored with seeded random networks (a random-weight
+            # preset such as `styleid_tiny`, or an override such as metrics.fid.weights=random)
             random_weights = (not is_quality_result(row.get("weights", ""))
-                              or str(row["metrics_preset"]).endswith("tiny")
-                              or "weights=random" in str(row.get("overrides", "")))
+                              or _flag(row.get("random_metric_weights")))
             comparable = (bool(ns) and all(not _missing(f) and bool(f) for f in flags)
                           and out["N"] >= table.protocol_n and not random_weights)
             out["comparable"] = comparable
@@ -103,6 +108,8 @@ def paper_table(leaderboard: pd.DataFrame, table: PaperTable, published: pd.Data
                 notes.append(f"N below the protocol's {table.protocol_n}")
             if random_weights:
                 notes.append("RANDOM weights")
+            if _flag(row.get("metric_weights_overridden")):
+                notes.append("metric weights set on the command line")
             out["note"] = "; ".join(notes)
             rows.append(out)
     if published is not None and not published.empty:

@@ -166,3 +166,13 @@ def test_family_converters_shapes_ranges_and_guards():
                     inputs.to_inception_uint8):
         with pytest.raises(ValueError, match=r"expects \[0, 1\]"):
             convert(image * 2 - 1)
+
+
+def test_a_random_weight_config_is_described_as_random_not_as_the_published_networks():
+    from semantix.metrics.base import pretrained_in_use
+
+    assert pretrained_in_use("ViT-L-14 openai", {"weights": None}) == "ViT-L-14 openai"
+    assert pretrained_in_use("ViT-L-14 openai", {"weights": "/models/ViT-L-14.pt"}) == "ViT-L-14 openai"
+    assert pretrained_in_use("ViT-L-14 openai", {"weights": "random"}) == (
+        "seeded RANDOM weights (weights=random), not ViT-L-14 openai")
+    assert pretrained_in_use(None, {"weights": "random"}) is None  # a metric without networks

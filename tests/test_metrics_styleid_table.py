@@ -48,8 +48,15 @@ def test_styleid_tiny_runs_end_to_end_and_a_limited_run_is_partial_with_its_n(li
         assert entry["n_manifest"] > 2 and entry["partial"] is True and entry["comparable"] is False
         assert entry["min_n"] == 800
 
+    # A random-weight run never claims the published networks: its metric descriptions say RANDOM.
+    info_fid = json.loads((run.run_dir / "metric_info" / "fid.json").read_text())
+    assert info_fid["pretrained"].startswith("seeded RANDOM weights (weights=random), not ")
+    info_artfid = json.loads((run.run_dir / "metric_info" / "artfid.json").read_text())
+    assert "inception_weights=random" in info_artfid["pretrained"] and "lpips_weights=random" in info_artfid["pretrained"]
+
     table, info = build_table(root / "r" / "runs")
     row = table.iloc[0]
+    assert bool(row["random_metric_weights"])
     assert bool(row["partial"]) and row["n_ok"] == 2 and row["n_manifest"] == entry["n_manifest"]
     assert row["fid_n"] == 2 and not bool(row["fid_comparable"])
     markdown = to_markdown(table, info)
@@ -96,9 +103,11 @@ def test_a_complete_real_weight_row_is_comparable_and_random_overrides_are_not()
             "overrides": "", "partial": False, "n_ok": 800, "n_manifest": 800, "artfid_set": 28.8, "fid_set": 18.1,
             "lpips_mean": 0.5, "cfsd_mean": 0.2, "artfid_n": 800, "fid_n": 800, "artfid_comparable": True,
             "fid_comparable": True}
-    random = {**base, "method": "r", "overrides": "metrics.fid.weights=random"}
+    random = {**base, "method": "r", "overrides": "metrics.fid.weights=random", "random_metric_weights": True,
+              "metric_weights_overridden": True}
     other_preset = {**base, "method": "o", "metrics_preset": "appearance"}
     frame = paper_table(pd.DataFrame([base, random, other_preset]), TABLES["styleid"])
     assert list(frame["method"]) == ["m", "r"]
     assert list(frame["comparable"]) == [True, False]
-    assert "RANDOM weights" in frame.iloc[1]["note"]
+    assert "RANDOM weights" in frame.iloc[1]["note"] and "metric weights set on the command line" in frame.iloc[1]["note"]
+    assert "RANDOM weights" not in frame.iloc[0]["note"]

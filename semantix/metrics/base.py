@@ -23,7 +23,7 @@ default (None for none); the config's `weights` key(s) choose the weights actual
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -47,6 +47,15 @@ class Compares(StrEnum):
     REFERENCE_SET_AND_CONTENT = "outputs-references+output-content"  # ArtFID: the above, and each content
 
 
+def pretrained_in_use(pretrained: str | None, config: Mapping[str, Any]) -> str | None:
+    """The networks a configured metric scores with: `pretrained` (the published ones), or seeded random
+    weights when any `*weights` setting of its config is `random`."""
+    random_settings = sorted(k for k, v in config.items() if k.endswith("weights") and v == "random")
+    if pretrained is not None and random_settings:
+        return f"seeded RANDOM weights ({', '.join(f'{key}=random' for key in random_settings)}), not {pretrained}"
+    return pretrained
+
+
 class DeclaredMetric:
     """What every metric declares, and how the run records it."""
 
@@ -68,13 +77,15 @@ class DeclaredMetric:
                                 f"it feeds {sorted(c.name for c in cls.accepts)}")
 
     @classmethod
-    def describe(cls) -> dict:
-        """What the leaderboard and provenance record about this metric."""
+    def describe(cls, config: Mapping[str, Any] | None = None) -> dict:
+        """What the leaderboard and provenance record about this metric, configured by `config` (its
+        resolved config node): `pretrained` names the published networks unless a weights setting of
+        the config says `random`, so a random-weight run never claims the preset's networks."""
         return {
             "higher_is_better": cls.higher_is_better,
             "compares": cls.compares.value,
             "input_range": list(cls.input_range),
-            "pretrained": cls.pretrained,
+            "pretrained": pretrained_in_use(cls.pretrained, config or {}),
             "set_level": cls.set_level,
             "video": cls.video,
         }
