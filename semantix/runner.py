@@ -271,8 +271,9 @@ class Runner:
         run_config = self._run_config(run.label)
         store.write_config(run_config)
         store.write_identity(run.identity)
+        metric_configs = {name: _container(self.cfg.metrics[name]) for name in {**self.metrics, **self.set_metrics}}
         store.write_metric_info({
-            name: {**metric.describe(_container(self.cfg.metrics[name])), "config": _container(self.cfg.metrics[name]),
+            name: {**metric.describe(metric_configs[name]), "config": metric_configs[name],
                    "config_hash": self.metric_hashes[name]}
             for name, metric in {**self.metrics, **self.set_metrics}.items()
         })
